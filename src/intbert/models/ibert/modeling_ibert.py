@@ -1,0 +1,686 @@
+"""I-BERT: RoBERTa with integer-only arithmetic (Kim et al. 2021, arXiv 2101.01321).
+
+The module tree, attribute names (= state-dict keys) and forward contracts follow
+``transformers.models.ibert`` so its checkpoints load. Every quantized module returns
+``(value, scaling_factor)``; in quant mode value = integers * scale with exact integers (see
+quant_modules). Differences from the transformers port (see docs/ibert.md):
+(a) each layer receives the scale of the previous layer's output (tf#26738);
+(b) the position add uses ``embeddings_act2`` (the port reuses ``embeddings_act1``);
+(c) ``inputs_embeds`` keeps the token-type embeddings in quant mode;
+boolean attention masks (masked positions get probability 0) instead of a -3.4e38 additive mask.
+
+Shape comments: B batch, L sequence, H hidden, nh heads, d head size, I intermediate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+from transformers import PreTrainedModel
+from transformers.activations import gelu
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPoolingAndCrossAttentions,
+    MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+
+from .configuration_ibert import IBertConfig
+from .quant_modules import (
+    IntGELU,
+    IntLayerNorm,
+    IntSoftmax,
+    QuantAct,
+    QuantEmbedding,
+    QuantLinear,
+    attach_ints,
+    ints_of,
+    straight_through,
+)
+from ...quantization import intops
+
+# Bit widths of the reference model (quant_modules docstrings give the integer bounds).
+WEIGHT_BITS = 8
+BIAS_BITS = 32
+ACT_BITS = 8  # every activation that feeds a GEMM
+EMBEDDING_ACT_BITS = 16  # the embedding sums
+LN_INPUT_BITS = intops.LN_INPUT_BITS  # 22: residual adds before LayerNorm
+LN_OUTPUT_BITS = 32  # the reference's (unused) LayerNorm output activation
+SOFTMAX_OUTPUT_BITS = 8
+
+
+def create_position_ids_from_input_ids(input_ids: torch.Tensor, padding_idx: int, past_key_values_length: int = 0):
+    """RoBERTa positions: padding_idx + 1, +2, ... over non-pad tokens; pad tokens keep padding_idx."""
+    mask = input_ids.ne(padding_idx).int()
+    incremental = (torch.cumsum(mask, dim=1).type_as(mask) + past_key_values_length) * mask
+    return incremental.long() + padding_idx
+
+
+def _dropout(module: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    # Skipped outside training so the exact integers attached to x survive (dropout is the identity there).
+    return module(x) if module.training and module.p > 0 else x
+
+
+class IBertEmbeddings(nn.Module):
+    """word + token type (16-bit sum) + position (16-bit sum) -> LayerNorm -> 8-bit."""
+
+    def __init__(self, config: IBertConfig):
+        super().__init__()
+        self.quant_mode = config.quant_mode
+        self.embedding_bit = WEIGHT_BITS
+        self.embedding_act_bit = EMBEDDING_ACT_BITS
+        self.act_bit = ACT_BITS
+        self.ln_input_bit = LN_INPUT_BITS
+        self.ln_output_bit = LN_OUTPUT_BITS
+
+        self.word_embeddings = QuantEmbedding(
+            config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id,
+            weight_bit=self.embedding_bit, quant_mode=self.quant_mode,
+        )
+        self.token_type_embeddings = QuantEmbedding(
+            config.type_vocab_size, config.hidden_size, weight_bit=self.embedding_bit, quant_mode=self.quant_mode
+        )
+        self.register_buffer(
+            "position_ids", torch.arange(config.max_position_embeddings).expand((1, -1)), persistent=False
+        )
+        self.position_embedding_type = config.position_embedding_type
+        self.padding_idx = config.pad_token_id
+        self.position_embeddings = QuantEmbedding(
+            config.max_position_embeddings, config.hidden_size, padding_idx=self.padding_idx,
+            weight_bit=self.embedding_bit, quant_mode=self.quant_mode,
+        )
+        self.embeddings_act1 = QuantAct(self.embedding_act_bit, quant_mode=self.quant_mode)
+        self.embeddings_act2 = QuantAct(self.embedding_act_bit, quant_mode=self.quant_mode)
+        # "LayerNorm" (not snake_case) keeps the checkpoint key names.
+        self.LayerNorm = IntLayerNorm(
+            config.hidden_size, eps=config.layer_norm_eps, output_bit=self.ln_output_bit,
+            quant_mode=self.quant_mode, force_dequant=config.force_dequant,
+        )
+        self.output_activation = QuantAct(self.act_bit, quant_mode=self.quant_mode)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None, past_key_values_length=0):
+        if position_ids is None:
+            if input_ids is not None:
+                position_ids = create_position_ids_from_input_ids(input_ids, self.padding_idx, past_key_values_length)
+            else:
+                position_ids = self.create_position_ids_from_inputs_embeds(inputs_embeds)
+        input_shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(input_shape, dtype=torch.long, device=position_ids.device)
+
+        if inputs_embeds is None:
+            inputs_embeds, s_words = self.word_embeddings(input_ids)  # (B, L, H) int8 @ S_w
+        else:
+            s_words = None  # float embeddings: QuantAct quantizes them from float
+        token_types, s_types = self.token_type_embeddings(token_type_ids)
+        h, s = self.embeddings_act1(inputs_embeds, s_words, identity=token_types, identity_scaling_factor=s_types)
+        if self.position_embedding_type == "absolute":
+            positions, s_pos = self.position_embeddings(position_ids)
+            h, s = self.embeddings_act2(h, s, identity=positions, identity_scaling_factor=s_pos)  # int16 @ S_a2
+        h, s = self.LayerNorm(h, s)  # int32 @ S_ln[c]
+        h = _dropout(self.dropout, h)
+        return self.output_activation(h, s)  # int8 @ S_e
+
+    def create_position_ids_from_inputs_embeds(self, inputs_embeds):
+        """Sequential positions padding_idx+1 ... (no padding can be detected from embeddings)."""
+        B, L = inputs_embeds.shape[:2]
+        ids = torch.arange(self.padding_idx + 1, L + self.padding_idx + 1, dtype=torch.long, device=inputs_embeds.device)
+        return ids.unsqueeze(0).expand(B, L)
+
+
+class IBertSelfAttention(nn.Module):
+    """Q, K, V (8-bit) -> integer scores -> i-softmax (8-bit) -> integer P.V -> 8-bit context."""
+
+    def __init__(self, config: IBertConfig):
+        super().__init__()
+        self.quant_mode = config.quant_mode
+        self.num_attention_heads = config.num_attention_heads
+        self.attention_head_size = config.hidden_size // config.num_attention_heads
+        self.all_head_size = self.num_attention_heads * self.attention_head_size
+        self.weight_bit, self.bias_bit, self.act_bit = WEIGHT_BITS, BIAS_BITS, ACT_BITS
+
+        def linear():
+            return QuantLinear(config.hidden_size, self.all_head_size, bias=True, weight_bit=self.weight_bit,
+                               bias_bit=self.bias_bit, per_channel=True, quant_mode=self.quant_mode)
+
+        self.query, self.key, self.value = linear(), linear(), linear()
+        self.query_activation = QuantAct(self.act_bit, quant_mode=self.quant_mode)
+        self.key_activation = QuantAct(self.act_bit, quant_mode=self.quant_mode)
+        self.value_activation = QuantAct(self.act_bit, quant_mode=self.quant_mode)
+        self.output_activation = QuantAct(self.act_bit, quant_mode=self.quant_mode)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.softmax = IntSoftmax(SOFTMAX_OUTPUT_BITS, quant_mode=self.quant_mode, force_dequant=config.force_dequant)
+
+    def heads(self, x):  # (B, L, H) -> (B, nh, L, d)
+        B, L = x.shape[:2]
+        return x.view(B, L, self.num_attention_heads, self.attention_head_size).transpose(1, 2)
+
+    def forward(self, hidden_states, hidden_states_scaling_factor, attention_mask=None, head_mask=None, output_attentions=False):
+        s_in = hidden_states_scaling_factor
+        q, s_q = self.query_activation(*self.query(hidden_states, s_in))
+        k, s_k = self.key_activation(*self.key(hidden_states, s_in))
+        v, s_v = self.value_activation(*self.value(hidden_states, s_in))
+        q, k, v = self.heads(q), self.heads(k), self.heads(v)  # (B, nh, L, d) int8
+
+        # The 1/sqrt(d) goes into the score scale, never into the integers.
+        sqrt_d = math.sqrt(self.attention_head_size)
+        if self.quant_mode:
+            s_scores = s_q * s_k / sqrt_d
+            scores, _ = int_matmul_value(q, k.transpose(-1, -2), s_q, s_k, s_scores)  # |.| <= d*128*128
+        else:
+            scores, s_scores = torch.matmul(q, k.transpose(-1, -2)) / sqrt_d, None
+        probs, s_probs = self.softmax(scores, s_scores, mask=attention_mask)  # (B, nh, L, L) uint8 @ 2^-8
+        probs = _dropout(self.dropout, probs)
+        if head_mask is not None:
+            probs = probs * head_mask
+
+        B, nh, L, d = v.shape
+        if s_probs is not None:  # integer P.V, |.| <= L*255*128
+            s_context = s_probs * s_v
+            context, q_context = int_matmul_value(probs, v, s_probs, s_v, s_context, a_bound=256)
+            context = context.transpose(1, 2).reshape(B, L, nh * d)
+            attach_ints(context, q_context.transpose(1, 2).reshape(B, L, nh * d))
+        else:  # force_dequant softmax: float probabilities, requantized from float by output_activation
+            context, s_context = torch.matmul(probs, v).transpose(1, 2).reshape(B, L, nh * d), None
+        context, s_context = self.output_activation(context, s_context)  # (B, L, H) int8
+        return context, s_context, (probs if output_attentions else None)
+
+
+def int_matmul_value(a, b, s_a, s_b, s_out, a_bound=128, b_bound=128):
+    """a @ b on the exact integers of two simulated tensors -> (value = ints * s_out, ints).
+
+    The value's gradient is that of the float matmul (straight-through); its integers are attached.
+    """
+    with torch.no_grad():
+        q = intops.int_matmul(ints_of(a, s_a), ints_of(b, s_b), a_bound, b_bound)
+    value = q.to(a.dtype) * s_out
+    reference = None
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        reference = torch.matmul(a, b) * (s_out / (s_a * s_b))
+    return attach_ints(straight_through(value, reference), q), q
+
+
+class IBertSelfOutput(nn.Module):
+    """dense -> + residual (22-bit) -> integer LayerNorm -> 8-bit."""
+
+    def __init__(self, config: IBertConfig):
+        super().__init__()
+        self.quant_mode = config.quant_mode
+        self.act_bit, self.weight_bit, self.bias_bit = ACT_BITS, WEIGHT_BITS, BIAS_BITS
+        self.ln_input_bit, self.ln_output_bit = LN_INPUT_BITS, LN_OUTPUT_BITS
+        self.dense = QuantLinear(config.hidden_size, config.hidden_size, bias=True, weight_bit=self.weight_bit,
+                                 bias_bit=self.bias_bit, per_channel=True, quant_mode=self.quant_mode)
+        self.ln_input_act = QuantAct(self.ln_input_bit, quant_mode=self.quant_mode)
+        self.LayerNorm = IntLayerNorm(config.hidden_size, eps=config.layer_norm_eps, output_bit=self.ln_output_bit,
+                                      quant_mode=self.quant_mode, force_dequant=config.force_dequant)
+        self.output_activation = QuantAct(self.act_bit, quant_mode=self.quant_mode)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, hidden_states_scaling_factor, input_tensor, input_tensor_scaling_factor):
+        h, s = self.dense(hidden_states, hidden_states_scaling_factor)  # int32 @ S_x*S_w[c]
+        h = _dropout(self.dropout, h)
+        h, s = self.ln_input_act(h, s, identity=input_tensor, identity_scaling_factor=input_tensor_scaling_factor)
+        h, s = self.LayerNorm(h, s)  # int32 @ S_ln[c]
+        return self.output_activation(h, s)  # int8
+
+
+class IBertAttention(nn.Module):
+    def __init__(self, config: IBertConfig):
+        super().__init__()
+        self.quant_mode = config.quant_mode
+        self.self = IBertSelfAttention(config)
+        self.output = IBertSelfOutput(config)
+
+    def forward(self, hidden_states, hidden_states_scaling_factor, attention_mask=None, head_mask=None, output_attentions=False):
+        context, s_context, probs = self.self(
+            hidden_states, hidden_states_scaling_factor, attention_mask, head_mask, output_attentions
+        )
+        out, s_out = self.output(context, s_context, hidden_states, hidden_states_scaling_factor)
+        return out, s_out, probs
+
+
+class IBertIntermediate(nn.Module):
+    """dense (H -> I) -> i-GELU -> 8-bit."""
+
+    def __init__(self, config: IBertConfig):
+        super().__init__()
+        self.quant_mode = config.quant_mode
+        self.act_bit, self.weight_bit, self.bias_bit = ACT_BITS, WEIGHT_BITS, BIAS_BITS
+        self.dense = QuantLinear(config.hidden_size, config.intermediate_size, bias=True, weight_bit=self.weight_bit,
+                                 bias_bit=self.bias_bit, per_channel=True, quant_mode=self.quant_mode)
+        self.intermediate_act_fn = IntGELU(quant_mode=self.quant_mode, force_dequant=config.force_dequant)
+        self.output_activation = QuantAct(self.act_bit, quant_mode=self.quant_mode)
+
+    def forward(self, hidden_states, hidden_states_scaling_factor):
+        h, s = self.dense(hidden_states, hidden_states_scaling_factor)  # (B, L, I) int32
+        h, s = self.intermediate_act_fn(h, s)  # int64 (up to ~2^44) @ S_gelu[c]
+        return self.output_activation(h, s)  # int8
+
+
+class IBertOutput(nn.Module):
+    """dense (I -> H) -> + residual (22-bit) -> integer LayerNorm -> 8-bit: the same block as IBertSelfOutput."""
+
+    def __init__(self, config: IBertConfig):
+        super().__init__()
+        self.quant_mode = config.quant_mode
+        self.act_bit, self.weight_bit, self.bias_bit = ACT_BITS, WEIGHT_BITS, BIAS_BITS
+        self.ln_input_bit, self.ln_output_bit = LN_INPUT_BITS, LN_OUTPUT_BITS
+        self.dense = QuantLinear(config.intermediate_size, config.hidden_size, bias=True, weight_bit=self.weight_bit,
+                                 bias_bit=self.bias_bit, per_channel=True, quant_mode=self.quant_mode)
+        self.ln_input_act = QuantAct(self.ln_input_bit, quant_mode=self.quant_mode)
+        self.LayerNorm = IntLayerNorm(config.hidden_size, eps=config.layer_norm_eps, output_bit=self.ln_output_bit,
+                                      quant_mode=self.quant_mode, force_dequant=config.force_dequant)
+        self.output_activation = QuantAct(self.act_bit, quant_mode=self.quant_mode)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    forward = IBertSelfOutput.forward
+
+
+class IBertLayer(nn.Module):
+    """attention -> 8-bit requant (FFN residual) -> intermediate -> 8-bit requant -> output."""
+
+    def __init__(self, config: IBertConfig):
+        super().__init__()
+        self.quant_mode = config.quant_mode
+        self.act_bit = ACT_BITS
+        self.seq_len_dim = 1
+        self.attention = IBertAttention(config)
+        self.intermediate = IBertIntermediate(config)
+        self.output = IBertOutput(config)
+        self.pre_intermediate_act = QuantAct(self.act_bit, quant_mode=self.quant_mode)
+        self.pre_output_act = QuantAct(self.act_bit, quant_mode=self.quant_mode)
+
+    def forward(self, hidden_states, hidden_states_scaling_factor, attention_mask=None, head_mask=None, output_attentions=False):
+        a, s_a, probs = self.attention(hidden_states, hidden_states_scaling_factor, attention_mask, head_mask, output_attentions)
+        a, s_a = self.pre_intermediate_act(a, s_a)
+        i, s_i = self.pre_output_act(*self.intermediate(a, s_a))
+        out, s_out = self.output(i, s_i, a, s_a)
+        return out, s_out, probs
+
+
+class IBertEncoder(nn.Module):
+    def __init__(self, config: IBertConfig):
+        super().__init__()
+        self.config = config
+        self.quant_mode = config.quant_mode
+        self.layer = nn.ModuleList([IBertLayer(config) for _ in range(config.num_hidden_layers)])
+
+    def forward(self, hidden_states, hidden_states_scaling_factor, attention_mask=None, head_mask=None,
+                output_attentions=False, output_hidden_states=False):
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        all_attn = () if output_attentions else None
+        s = hidden_states_scaling_factor
+        for i, layer in enumerate(self.layer):
+            # Each layer gets the scale of the previous layer's output (fix (a), tf#26738: the port
+            # passes the embeddings' scale to every layer).
+            hidden_states, s, probs = layer(
+                hidden_states, s, attention_mask, None if head_mask is None else head_mask[i], output_attentions
+            )
+            if output_hidden_states:
+                all_hidden = all_hidden + (hidden_states,)
+            if output_attentions:
+                all_attn = all_attn + (probs,)
+        return hidden_states, s, all_hidden, all_attn
+
+
+class IBertPooler(nn.Module):
+    """Float: tanh(W h_<s> + b), as the reference."""
+
+    def __init__(self, config: IBertConfig):
+        super().__init__()
+        self.quant_mode = config.quant_mode
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states):
+        return self.activation(self.dense(hidden_states[:, 0]))
+
+
+class IBertPreTrainedModel(PreTrainedModel):
+    config_class = IBertConfig
+    base_model_prefix = "ibert"
+    supports_gradient_checkpointing = False
+    # 2021-era checkpoints stored position_ids as a persistent buffer.
+    _keys_to_ignore_on_load_unexpected = [r"position_ids"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, (QuantLinear, nn.Linear)):
+            module.weight.normal_(mean=0.0, std=std)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, (QuantEmbedding, nn.Embedding)):
+            module.weight.normal_(mean=0.0, std=std)
+            if module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()
+        elif isinstance(module, (IntLayerNorm, nn.LayerNorm)):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+            if isinstance(module, IntLayerNorm):
+                module.shift.zero_()
+        elif isinstance(module, QuantAct):
+            module.x_min.fill_(-1e-5)
+            module.x_max.fill_(1e-5)
+            module.act_scaling_factor.zero_()
+            module._calibrated = None
+        elif isinstance(module, IBertLMHead):
+            module.bias.zero_()
+        elif isinstance(module, IBertEmbeddings):
+            module.position_ids.copy_(torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+
+    def resize_token_embeddings(self, *args, **kwargs):
+        raise NotImplementedError("I-BERT's QuantEmbedding does not support resizing the vocabulary")
+
+
+class IBertModel(IBertPreTrainedModel):
+    """The bare I-BERT encoder: embeddings -> layers -> (float) pooler."""
+
+    def __init__(self, config: IBertConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.config = config
+        self.quant_mode = config.quant_mode
+        self.embeddings = IBertEmbeddings(config)
+        self.encoder = IBertEncoder(config)
+        self.pooler = IBertPooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
+    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids):
+        """Refuse bad input with a message that names the fix (one host sync, before any compute)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if input_ids is not None:
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids must be (batch, sequence), got shape {tuple(input_ids.shape)}")
+            shape = tuple(input_ids.shape)
+            vocab = self.config.vocab_size
+            if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
+                raise ValueError(
+                    f"input_ids must lie in [0, {vocab}) (config.vocab_size), got values "
+                    f"{int(input_ids.min())}..{int(input_ids.max())}; check the tokenizer matches the model"
+                )
+        else:
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+                raise ValueError(
+                    f"inputs_embeds must be (batch, sequence, {self.config.hidden_size}), got {tuple(inputs_embeds.shape)}"
+                )
+            shape = tuple(inputs_embeds.shape[:2])
+        longest = self.config.max_position_embeddings - (self.config.pad_token_id or 0) - 1
+        if position_ids is None and shape[1] > longest:
+            raise ValueError(
+                f"sequence length {shape[1]} exceeds the position table ({self.config.max_position_embeddings} "
+                f"positions, the first {(self.config.pad_token_id or 0) + 1} reserved): truncate to {longest} tokens"
+            )
+        for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids), ("position_ids", position_ids)):
+            if t is not None and tuple(t.shape) != shape:
+                raise ValueError(f"{name} must have shape {shape} like the input, got {tuple(t.shape)}")
+        if token_type_ids is not None and token_type_ids.numel() and int(token_type_ids.max()) >= self.config.type_vocab_size:
+            raise ValueError(
+                f"token_type_ids must lie in [0, {self.config.type_vocab_size}) (config.type_vocab_size)"
+            )
+        if position_ids is not None and position_ids.numel() and int(position_ids.max()) >= self.config.max_position_embeddings:
+            raise ValueError(f"position_ids must lie in [0, {self.config.max_position_embeddings})")
+        return shape
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        past_key_values=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        **kwargs,
+    ):
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        B, L = self._check_inputs(input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids)
+        device = input_ids.device if input_ids is not None else inputs_embeds.device
+
+        # Boolean (B, 1, 1, L) mask, True = attend: masked keys get probability exactly 0.
+        keep = None if attention_mask is None else attention_mask.to(device).bool()[:, None, None, :]
+        head_mask = self._head_mask(head_mask)
+
+        h, s = self.embeddings(input_ids=input_ids, position_ids=position_ids, token_type_ids=token_type_ids,
+                               inputs_embeds=inputs_embeds)
+        h, s, all_hidden, all_attn = self.encoder(h, s, keep, head_mask, output_attentions, output_hidden_states)
+        pooled = self.pooler(h) if self.pooler is not None else None
+        if not return_dict:
+            return tuple(v for v in (h, pooled, all_hidden, all_attn) if v is not None)
+        return BaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=h, pooler_output=pooled, hidden_states=all_hidden, attentions=all_attn
+        )
+
+    def _head_mask(self, head_mask):
+        """(nh,) or (layers, nh) of 0/1 -> per layer (1, nh, 1, 1), or None."""
+        if head_mask is None:
+            return None
+        if head_mask.dim() == 1:
+            head_mask = head_mask.expand(self.config.num_hidden_layers, -1)
+        return head_mask[:, None, :, None, None].to(self.dtype)
+
+
+class IBertLMHead(nn.Module):
+    """Float: dense -> gelu -> LayerNorm -> decoder (tied to the word embeddings) + bias."""
+
+    def __init__(self, config: IBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.decoder.bias = self.bias
+
+    def forward(self, features):
+        return self.decoder(self.layer_norm(gelu(self.dense(features))))
+
+
+class IBertClassificationHead(nn.Module):
+    """Float: <s> token -> dropout -> dense -> tanh -> dropout -> out_proj."""
+
+    def __init__(self, config: IBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, features):
+        x = self.dropout(features[:, 0, :])
+        x = self.dropout(torch.tanh(self.dense(x)))
+        return self.out_proj(x)
+
+
+def _encode(model, input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+            output_attentions, output_hidden_states):
+    return model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, position_ids=position_ids,
+                 head_mask=head_mask, inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+                 output_hidden_states=output_hidden_states, return_dict=True)
+
+
+def _as_tuple(loss, outputs: tuple):
+    return ((loss,) + outputs) if loss is not None else outputs
+
+
+class IBertForMaskedLM(IBertPreTrainedModel):
+    _tied_weights_keys = {
+        "lm_head.decoder.weight": "ibert.embeddings.word_embeddings.weight",
+        "lm_head.decoder.bias": "lm_head.bias",
+    }
+
+    def __init__(self, config: IBertConfig):
+        super().__init__(config)
+        self.ibert = IBertModel(config, add_pooling_layer=False)
+        self.lm_head = IBertLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head.decoder = new_embeddings
+        self.lm_head.bias = new_embeddings.bias
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+                **kwargs):
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        out = _encode(self.ibert, input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                      output_attentions, output_hidden_states)
+        logits = self.lm_head(out.last_hidden_state)  # (B, L, V)
+        loss = None
+        if labels is not None:
+            loss = CrossEntropyLoss()(logits.view(-1, self.config.vocab_size), labels.to(logits.device).view(-1))
+        if not return_dict:
+            return _as_tuple(loss, (logits,) + out[2:])
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+
+
+def sequence_classification_loss(config, logits, labels):
+    """Regression (1 label), single-label or multi-label loss, inferred as transformers does when problem_type is unset."""
+    num_labels = config.num_labels
+    if config.problem_type is None:
+        if num_labels == 1:
+            config.problem_type = "regression"
+        elif num_labels > 1 and labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    labels = labels.to(logits.device)
+    if config.problem_type == "regression":
+        return MSELoss()(logits.squeeze(), labels.squeeze().to(logits.dtype)) if num_labels == 1 else MSELoss()(logits, labels)
+    if config.problem_type == "single_label_classification":
+        return CrossEntropyLoss()(logits.view(-1, num_labels), labels.view(-1))
+    return BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
+
+
+class IBertForSequenceClassification(IBertPreTrainedModel):
+    def __init__(self, config: IBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.ibert = IBertModel(config, add_pooling_layer=False)
+        self.classifier = IBertClassificationHead(config)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+                **kwargs):
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        out = _encode(self.ibert, input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                      output_attentions, output_hidden_states)
+        logits = self.classifier(out.last_hidden_state)  # (B, num_labels)
+        loss = sequence_classification_loss(self.config, logits, labels) if labels is not None else None
+        if not return_dict:
+            return _as_tuple(loss, (logits,) + out[2:])
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+
+
+class IBertForMultipleChoice(IBertPreTrainedModel):
+    def __init__(self, config: IBertConfig):
+        super().__init__(config)
+        self.ibert = IBertModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    def forward(self, input_ids=None, token_type_ids=None, attention_mask=None, labels=None, position_ids=None,
+                head_mask=None, inputs_embeds=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs):
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        num_choices = input_ids.shape[1] if input_ids is not None else inputs_embeds.shape[1]
+
+        def flat(t):  # (B, C, L, ...) -> (B*C, L, ...)
+            return None if t is None else t.reshape(-1, *t.shape[2:])
+
+        out = _encode(self.ibert, flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
+                      head_mask, flat(inputs_embeds), output_attentions, output_hidden_states)
+        logits = self.classifier(self.dropout(out.pooler_output)).view(-1, num_choices)  # (B, C)
+        loss = CrossEntropyLoss()(logits, labels.to(logits.device)) if labels is not None else None
+        if not return_dict:
+            return _as_tuple(loss, (logits,) + out[2:])
+        return MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+
+
+class IBertForTokenClassification(IBertPreTrainedModel):
+    def __init__(self, config: IBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.ibert = IBertModel(config, add_pooling_layer=False)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+                **kwargs):
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        out = _encode(self.ibert, input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                      output_attentions, output_hidden_states)
+        logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, L, num_labels)
+        loss = None
+        if labels is not None:
+            loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.to(logits.device).view(-1))
+        if not return_dict:
+            return _as_tuple(loss, (logits,) + out[2:])
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+
+
+class IBertForQuestionAnswering(IBertPreTrainedModel):
+    def __init__(self, config: IBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.ibert = IBertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **kwargs):
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        out = _encode(self.ibert, input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                      output_attentions, output_hidden_states)
+        start_logits, end_logits = self.qa_outputs(out.last_hidden_state).split(1, dim=-1)  # (B, L) each
+        start_logits, end_logits = start_logits.squeeze(-1).contiguous(), end_logits.squeeze(-1).contiguous()
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            ignored = start_logits.size(1)  # positions outside the sequence are clamped and ignored
+            start = start_positions.to(start_logits.device).view(-1).clamp(0, ignored)
+            end = end_positions.to(end_logits.device).view(-1).clamp(0, ignored)
+            ce = CrossEntropyLoss(ignore_index=ignored)
+            loss = (ce(start_logits, start) + ce(end_logits, end)) / 2
+        if not return_dict:
+            return _as_tuple(loss, (start_logits, end_logits) + out[2:])
+        return QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
+                                            hidden_states=out.hidden_states, attentions=out.attentions)
+
+
+__all__ = [
+    "IBertForMaskedLM",
+    "IBertForMultipleChoice",
+    "IBertForQuestionAnswering",
+    "IBertForSequenceClassification",
+    "IBertForTokenClassification",
+    "IBertModel",
+    "IBertPreTrainedModel",
+]

@@ -1,0 +1,509 @@
+"""I-BERT quant modules: the simulated (trainable) side of the integer functions in ``intops``.
+
+Every module keeps the transformers port's constructor signature, buffer names and the
+``forward(...) -> (tensor, scaling_factor)`` contract, so code and checkpoints written against
+``transformers.models.ibert.quant_modules`` work unchanged. Inside, the forward value is computed by
+the exact integer functions of :mod:`intbert.quantization.intops` and multiplied by the scale;
+gradients are straight-through (identity for requantization and weight rounding, the float
+function's gradient for GELU, softmax and LayerNorm).
+
+Exact integers between modules: the tensors passed between modules are float values ``q * S``.
+Integers above 2^24 (GEMM accumulators, i-GELU and LayerNorm outputs) are not exact in float32, so
+each module also attaches its exact int64 integers to the tensor it returns (``_intbert_q``, checked
+against the tensor's version counter so an in-place change invalidates them); the next module uses
+them when present and otherwise rounds ``x / S``. Values stay in the caller's float dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ...errors import UncalibratedError
+from ...quantization import intops
+
+FORCE_DEQUANT_CHOICES = ("none", "gelu", "softmax", "layernorm", "nonlinear")
+#: QuantAct ranges start here; a range still at these values was never calibrated (the reference's sentinel).
+RANGE_SENTINEL = 1e-5
+#: QuantLinear consumes activations of this many bits (every QuantAct before a linear is 8-bit).
+LINEAR_INPUT_BITS = 8
+
+
+def check_force_dequant(value: str) -> None:
+    if value not in FORCE_DEQUANT_CHOICES:
+        raise ValueError(f"force_dequant must be one of {FORCE_DEQUANT_CHOICES}, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Carrying exact integers alongside float values
+# --------------------------------------------------------------------------------------------
+
+
+def _version(t: torch.Tensor) -> int | None:
+    # Inference-mode tensors have no version counter (and cannot be modified in place outside it).
+    return None if t.is_inference() else t._version
+
+
+def attach_ints(value: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Record the exact integers of ``value`` (= q * S) on the tensor itself."""
+    value._intbert_q = (q, _version(value))
+    return value
+
+
+def ints_of(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The exact integers of a simulated tensor: the attached ones, else round_half_even(x / S)."""
+    tag = getattr(x, "_intbert_q", None)
+    if tag is not None and tag[1] == _version(x) and tag[0].shape == x.shape:
+        return tag[0]
+    return intops.to_int(x.detach(), scale)
+
+
+def straight_through(value: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
+    """Forward ``value``, backward through ``reference`` (None: no gradient needed)."""
+    if reference is None:
+        return value
+    return reference + (value - reference).detach()
+
+
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _as_scale(scale, like: torch.Tensor) -> torch.Tensor:
+    """Accept 0-dim, (1,), per-channel tensors and Python floats as scaling factors."""
+    if not torch.is_tensor(scale):
+        scale = torch.tensor([float(scale)])
+    return scale.to(device=like.device, dtype=torch.float32)
+
+
+class _WeightCache:
+    """Re-quantize a weight only when it changed (its version counter moved), not on every forward.
+
+    The reference re-quantizes every weight (38.6 M embedding entries for RoBERTa) on every call.
+    """
+
+    def __init__(self):
+        self.key = None
+
+    def stale(self, *params: torch.Tensor | None) -> bool:
+        key = tuple((p.data_ptr(), p._version, p.device) for p in params if p is not None)
+        if key == self.key:
+            return False
+        self.key = key
+        return True
+
+
+# --------------------------------------------------------------------------------------------
+# QuantEmbedding
+# --------------------------------------------------------------------------------------------
+
+
+class QuantEmbedding(nn.Module):
+    """Embedding with a symmetric per-tensor ``weight_bit`` quantized table.
+
+    forward(x) -> (embeddings, scale); scale is None when not quantizing. ``momentum`` and ``_weight``
+    are accepted for signature compatibility (``_weight`` initializes the table).
+    """
+
+    def __init__(
+        self,
+        num_embeddings,
+        embedding_dim,
+        padding_idx=None,
+        max_norm=None,
+        norm_type=2.0,
+        scale_grad_by_freq=False,
+        sparse=False,
+        _weight=None,
+        weight_bit=8,
+        momentum=0.95,
+        quant_mode=False,
+    ):
+        super().__init__()
+        self.num_embeddings = num_embeddings
+        self.dim = embedding_dim
+        self.embedding_dim = embedding_dim
+        self.padding_idx = padding_idx
+        self.max_norm = max_norm
+        self.norm_type = norm_type
+        self.scale_grad_by_freq = scale_grad_by_freq
+        self.sparse = sparse
+        if _weight is None:
+            self.weight = nn.Parameter(torch.zeros(num_embeddings, embedding_dim))
+        else:
+            if tuple(_weight.shape) != (num_embeddings, embedding_dim):
+                raise ValueError(
+                    f"_weight has shape {tuple(_weight.shape)}, expected ({num_embeddings}, {embedding_dim})"
+                )
+            self.weight = nn.Parameter(_weight)
+        self.register_buffer("weight_scaling_factor", torch.zeros(1))
+        self.register_buffer("weight_integer", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.weight_bit = weight_bit
+        self.momentum = momentum
+        self.quant_mode = quant_mode
+        self.percentile_mode = False
+        self._cache = _WeightCache()
+
+    def quantized_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(integer table, scale): S = max|W| / (2^(b-1)-1), q = round_half_even(W / S) in [-(2^(b-1)-1), 2^(b-1)-1]."""
+        if self._cache.stale(self.weight):
+            with torch.no_grad():
+                w = self.weight.detach()
+                scale = intops.symmetric_scale(self.weight_bit, w.min().reshape(1), w.max().reshape(1))
+                q = intops.quantize(w, scale, self.weight_bit)
+                self.weight_scaling_factor = scale.float()
+                self.weight_integer = q.to(torch.int8 if self.weight_bit <= 8 else torch.int32)
+        return self.weight_integer, self.weight_scaling_factor
+
+    def forward(self, x, positions=None, incremental_state=None):
+        args = (self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse)
+        if not self.quant_mode:
+            return F.embedding(x, self.weight, *args), None
+        w_int, scale = self.quantized_weight()
+        q = F.embedding(x, w_int.long())  # (..., D) int64, |q| <= 2^(b-1)-1
+        value = q.to(self.weight.dtype) * scale
+        reference = F.embedding(x, self.weight, *args) if _needs_grad(self.weight) else None
+        return attach_ints(straight_through(value, reference), q), scale
+
+
+# --------------------------------------------------------------------------------------------
+# QuantAct
+# --------------------------------------------------------------------------------------------
+
+
+class QuantAct(nn.Module):
+    """Quantizes an activation to ``activation_bit`` bits, with an optional residual ``identity`` add.
+
+    Range: in train mode the batch min/max of (x + identity) sets the range on the first batch and
+    then moves by EMA, x_min <- m x_min + (1-m) min (m = act_range_momentum; m = -1 keeps a running
+    min/max). In eval the range is frozen. S_out = max(|x_min|, |x_max|) / (2^(b-1)-1).
+
+    Values: with an input scale (the usual case) the input integers are requantized with a dyadic
+    multiplier, y = round_half_up(q_x * m / 2^e) [+ the same for the identity], clamped to
+    [-2^(b-1), 2^(b-1)-1]; without one, x is quantized from float (round half to even) and an
+    identity that has a scale is requantized and added (the transformers port drops it: fix (c)).
+    Accepts 0-dim and (1,) scales.
+    """
+
+    def __init__(self, activation_bit, act_range_momentum=0.95, per_channel=False, channel_len=None, quant_mode=False):
+        super().__init__()
+        if per_channel and not channel_len:
+            raise ValueError("QuantAct(per_channel=True) needs channel_len, the size of the last dim")
+        self.activation_bit = activation_bit
+        self.act_range_momentum = act_range_momentum
+        self.quant_mode = quant_mode
+        self.per_channel = per_channel
+        self.percentile = False
+        size = channel_len if per_channel else 1
+        self.register_buffer("x_min", torch.full((size,), -RANGE_SENTINEL))
+        self.register_buffer("x_max", torch.full((size,), RANGE_SENTINEL))
+        self.register_buffer("act_scaling_factor", torch.zeros(size))
+        self._calibrated: bool | None = None  # None: not yet checked (checking syncs with the device once)
+
+    def extra_repr(self):
+        return f"activation_bit={self.activation_bit}, quant_mode={self.quant_mode}, per_channel={self.per_channel}"
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._calibrated = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def is_calibrated(self) -> bool:
+        if self._calibrated is None:
+            self._calibrated = not bool(
+                ((self.x_min == -RANGE_SENTINEL) & (self.x_max == RANGE_SENTINEL)).all()
+            )
+        return self._calibrated
+
+    @torch.no_grad()
+    def update_range(self, x: torch.Tensor) -> None:
+        """Fold the batch range of ``x`` into x_min / x_max (no host synchronisation)."""
+        if self.per_channel:
+            flat = x.detach().reshape(-1, x.shape[-1]).float()
+            bmin, bmax = flat.amin(0), flat.amax(0)
+        else:
+            bmin, bmax = torch.aminmax(x.detach().float())
+            bmin, bmax = bmin.reshape(1), bmax.reshape(1)
+        fresh = (self.x_min > -1.1 * RANGE_SENTINEL) & (self.x_max < 1.1 * RANGE_SENTINEL)
+        if self.act_range_momentum == -1:
+            new_min, new_max = torch.minimum(self.x_min, bmin), torch.maximum(self.x_max, bmax)
+        else:
+            m = self.act_range_momentum
+            new_min, new_max = m * self.x_min + (1 - m) * bmin, m * self.x_max + (1 - m) * bmax
+        self.x_min.copy_(torch.where(fresh, bmin, new_min))
+        self.x_max.copy_(torch.where(fresh, bmax, new_max))
+        self._calibrated = True
+
+    def forward(
+        self,
+        x,
+        pre_act_scaling_factor=None,
+        identity=None,
+        identity_scaling_factor=None,
+        specified_min=None,
+        specified_max=None,
+    ):
+        x_act = x if identity is None else identity + x
+        if self.training:
+            self.update_range(x_act)
+        if not self.quant_mode:
+            return x_act, None
+        if not self.training and specified_min is None and specified_max is None and not self.is_calibrated():
+            raise UncalibratedError(
+                "QuantAct ranges were never calibrated (still +-1e-5); run intbert.calibrate(model, batches) "
+                "or a few train-mode forwards before evaluating a quant_mode model"
+            )
+        x_min = self.x_min if specified_min is None else _as_scale(specified_min, x)
+        x_max = self.x_max if specified_max is None else _as_scale(specified_max, x)
+        scale = intops.symmetric_scale(self.activation_bit, x_min, x_max)
+        self.act_scaling_factor = scale.detach()
+        with torch.no_grad():
+            q = self._integers(x, pre_act_scaling_factor, identity, identity_scaling_factor, scale)
+        value = q.to(x.dtype if x.dtype.is_floating_point else torch.float32) * scale
+        reference = x_act if _needs_grad(x, identity) else None
+        return attach_ints(straight_through(value, reference), q), scale
+
+    def _integers(self, x, s_x, identity, s_id, scale) -> torch.Tensor:
+        q = self._part(x, s_x, scale)
+        if identity is not None:
+            q = q + self._part(identity, s_id, scale)
+        return q.clamp_(*intops.qrange(self.activation_bit))
+
+    @staticmethod
+    def _part(t, s_t, scale) -> torch.Tensor:
+        """Integers of one addend on the output grid: requantized when it has a scale, else rounded from float.
+
+        Each addend is rounded separately and the sum clamped once (as the reference's FixedPointMul).
+        """
+        if s_t is None:
+            q = torch.round(t.detach().double() / scale.double())
+            return q.clamp(intops.INT32_MIN, intops.INT32_MAX).long()
+        s_t = _as_scale(s_t, t)
+        m, e = intops.dyadic(s_t.double() / scale.double())
+        return intops.requantize(ints_of(t, s_t), m, e, 32)
+
+
+# --------------------------------------------------------------------------------------------
+# QuantLinear
+# --------------------------------------------------------------------------------------------
+
+
+class _STELinear(torch.autograd.Function):
+    """Returns the exact integer-linear value; backward is that of the float F.linear (straight-through)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, value):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return value
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.to(weight.dtype)
+        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_w = grad.reshape(-1, grad.shape[-1]).t() @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
+        grad_b = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None
+
+
+class QuantLinear(nn.Module):
+    """Linear layer on integers: int8 input x int(weight_bit) weight, int32 bias, exact accumulation.
+
+    S_w = max|W_row| / (2^(wb-1)-1) per output row (or per tensor), q_w = round_half_even(W / S_w) in the
+    full range [-(2^(wb-1)-1), 2^(wb-1)-1] (the reference clamps to 126: fix (g)); S_b = S_w * S_x and
+    q_b = round_half_even(b / S_b) clamped to int32; y = q_x @ q_w^T + q_b (int64, exact) with scale S_b.
+    forward(x, prev_act_scaling_factor) -> (y, S_b). ``bias=False`` works (the reference crashes: fix (d)).
+    """
+
+    def __init__(self, in_features, out_features, bias=True, weight_bit=8, bias_bit=32, per_channel=False, quant_mode=False):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = nn.Parameter(torch.zeros(out_features, in_features))
+        self.register_buffer("weight_integer", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("fc_scaling_factor", torch.zeros(out_features))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_features))
+            self.register_buffer("bias_integer", torch.zeros(out_features, dtype=torch.int32))
+        else:
+            self.register_parameter("bias", None)
+            self.bias_integer = None
+        self.weight_bit = weight_bit
+        self.bias_bit = bias_bit
+        self.per_channel = per_channel
+        self.quant_mode = quant_mode
+        self.percentile_mode = False
+        self._cache = _WeightCache()
+
+    def extra_repr(self):
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"weight_bit={self.weight_bit}, per_channel={self.per_channel}, quant_mode={self.quant_mode}"
+        )
+
+    def quantized_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(integer weight [out, in], per-row scale [out]); recomputed only when the weight changed."""
+        if self._cache.stale(self.weight):
+            with torch.no_grad():
+                w = self.weight.detach()
+                if self.per_channel:
+                    w_min, w_max = w.amin(dim=1), w.amax(dim=1)
+                else:
+                    w_min, w_max = w.min().expand(self.out_features), w.max().expand(self.out_features)
+                scale = intops.symmetric_scale(self.weight_bit, w_min, w_max)
+                q = intops.quantize(w, scale[:, None], self.weight_bit)
+                self.fc_scaling_factor = scale.float()
+                self.weight_integer = q.to(torch.int8 if self.weight_bit <= 8 else torch.int32)
+        return self.weight_integer, self.fc_scaling_factor
+
+    def forward(self, x, prev_act_scaling_factor=None):
+        if not self.quant_mode:
+            return F.linear(x, self.weight, self.bias), None
+        if prev_act_scaling_factor is None:
+            raise ValueError(
+                "QuantLinear in quant_mode needs prev_act_scaling_factor, the scale of its (8-bit) input; "
+                "quantize the input with a QuantAct first"
+            )
+        s_x = _as_scale(prev_act_scaling_factor, x)
+        if s_x.numel() != 1:
+            raise ValueError(
+                f"QuantLinear needs a per-tensor input scale (0-dim or shape (1,)), got shape {tuple(s_x.shape)}"
+            )
+        w_int, s_w = self.quantized_weight()
+        s_w = s_w.to(x.device)
+        s_b = s_w * s_x.reshape(())
+        with torch.no_grad():
+            lo, hi = intops.qrange(LINEAR_INPUT_BITS)
+            q_x = ints_of(x, s_x).clamp(lo, hi)
+            # |sum_k q_x q_w| <= K * 128 * 2^(wb-1): exact in int64; int_matmul chunks K to stay exact.
+            acc = intops.int_matmul(q_x, w_int.t().long(), a_bound=-lo, b_bound=2 ** (self.weight_bit - 1))
+            if self.bias is not None:
+                b_int = intops.quantize(self.bias.detach(), s_b, self.bias_bit).clamp(intops.INT32_MIN, intops.INT32_MAX)
+                self.bias_integer = b_int.to(torch.int32)
+                acc = acc + b_int
+        value = acc.to(x.dtype) * s_b
+        if _needs_grad(x, self.weight, self.bias):
+            value = _STELinear.apply(x, self.weight, self.bias, value)
+        return attach_ints(value, acc), s_b
+
+
+# --------------------------------------------------------------------------------------------
+# Non-linear integer functions
+# --------------------------------------------------------------------------------------------
+
+
+class IntGELU(nn.Module):
+    """i-GELU (paper Alg. 2): GELU(x) = x/2 (1 + erf(x / sqrt 2)) with a second-order polynomial erf.
+
+    forward(x, scaling_factor) -> (y, S_out); S_out is positive (the reference's is negative because
+    a < 0; here the sign is folded into the integers). ``force_dequant`` "gelu"/"nonlinear" uses float GELU.
+    """
+
+    def __init__(self, quant_mode=True, force_dequant="none"):
+        super().__init__()
+        check_force_dequant(force_dequant)
+        self.quant_mode = quant_mode and force_dequant not in ("nonlinear", "gelu")
+        self.activation_fn = nn.GELU()
+        self.k = intops.GELU_SQRT2
+        self.const = intops.GELU_SHIFT
+        self.coeff = [intops.GELU_A, intops.GELU_B, 1.0]
+
+    def forward(self, x, scaling_factor=None):
+        if not self.quant_mode:
+            return self.activation_fn(x), None
+        scale = _as_scale(scaling_factor, x)
+        b_int, c_int, one_int, s_out = intops.gelu_constants(scale)
+        with torch.no_grad():
+            q = intops.int_gelu(ints_of(x, scale), b_int, c_int, one_int)
+        value = q.to(x.dtype) * s_out
+        reference = self.activation_fn(x) if _needs_grad(x) else None
+        return attach_ints(straight_through(value, reference), q), s_out
+
+
+class IntSoftmax(nn.Module):
+    """i-exp softmax (paper Alg. 3) over the last dim; output integers in [0, 2^output_bit - 1], scale 2^-output_bit.
+
+    forward(x, scaling_factor, mask=None): ``mask`` is boolean, True = attend. Additive float masks
+    (-inf or the dtype's minimum added to x) are also recognised. ``act`` (a 16-bit QuantAct) is
+    kept for checkpoint compatibility; the integer exponentials use a fixed 2^-15 scale instead of a
+    calibrated one, so it is not used.
+    """
+
+    #: Scores below this are an additive mask, not data (real scores are q_q.q_k * S, far smaller).
+    MASKED_BELOW = -1e30
+
+    def __init__(self, output_bit, quant_mode=False, force_dequant="none"):
+        super().__init__()
+        check_force_dequant(force_dequant)
+        self.output_bit = output_bit
+        self.max_bit = intops.SOFTMAX_SUM_BITS
+        self.quant_mode = quant_mode and force_dequant not in ("nonlinear", "softmax")
+        self.act = QuantAct(16, quant_mode=self.quant_mode)
+        self.x0 = -intops.EXP_LN2
+        self.const = intops.EXP_MAX_HALVINGS
+        self.coef = [intops.EXP_A, intops.EXP_B, intops.EXP_C]
+
+    def forward(self, x, scaling_factor=None, mask=None):
+        if not self.quant_mode:
+            if mask is not None:
+                x = x.masked_fill(~mask, torch.finfo(x.dtype).min)
+            return F.softmax(x, dim=-1), None
+        scale = _as_scale(scaling_factor, x)
+        finite = x > self.MASKED_BELOW
+        keep = finite if mask is None else finite & mask
+        with torch.no_grad():
+            q_in = ints_of(torch.where(finite, x, torch.zeros_like(x)), scale)
+            q = intops.int_softmax(q_in, keep, intops.softmax_constants(scale), self.output_bit)
+        out_scale = torch.full((1,), 2.0**-self.output_bit, device=x.device)
+        value = q.to(x.dtype) * out_scale
+        reference = F.softmax(x.masked_fill(~keep, torch.finfo(x.dtype).min), dim=-1) if _needs_grad(x) else None
+        return attach_ints(straight_through(value, reference), q), out_scale
+
+
+class IntLayerNorm(nn.Module):
+    """Integer LayerNorm over the last dim with an exact integer square root.
+
+    forward(x, scaling_factor) -> (y, S_out) with per-channel S_out = sqrt(C)/2^30 * |gamma|. ``shift``
+    (a buffer) is the right shift that keeps sum((y >> shift)^2) < 2^32; it only grows, in train
+    mode (calibration). ``activation`` is kept for checkpoint compatibility and is not used.
+    """
+
+    def __init__(self, normalized_shape, eps, output_bit=8, quant_mode=False, force_dequant="none"):
+        super().__init__()
+        check_force_dequant(force_dequant)
+        self.normalized_shape = normalized_shape
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(normalized_shape))
+        self.bias = nn.Parameter(torch.zeros(normalized_shape))
+        self.quant_mode = quant_mode and force_dequant not in ("nonlinear", "layernorm")
+        self.register_buffer("shift", torch.zeros(1))
+        self.output_bit = output_bit
+        self.max_bit = intops.LN_VAR_BITS
+        self.dim_sqrt = None
+        self.activation = QuantAct(self.output_bit, quant_mode=self.quant_mode)
+
+    def float_forward(self, x):
+        mean = x.mean(dim=-1, keepdim=True)
+        y = x - mean
+        var = (y * y).mean(dim=-1, keepdim=True)
+        return y / torch.sqrt(self.eps + var) * self.weight + self.bias
+
+    def forward(self, x, scaling_factor=None):
+        if not self.quant_mode:
+            return self.float_forward(x), None
+        if scaling_factor is None:
+            raise ValueError("IntLayerNorm in quant_mode needs the input's scaling_factor (from a QuantAct)")
+        scale = _as_scale(scaling_factor, x)
+        if scale.numel() != 1:
+            raise ValueError(f"IntLayerNorm needs a per-tensor input scale, got shape {tuple(scale.shape)}")
+        with torch.no_grad():
+            q_in = ints_of(x, scale)
+            if self.training:
+                need = intops.layernorm_shift(q_in).to(self.shift.device, self.shift.dtype)
+                self.shift.copy_(torch.maximum(self.shift, need))
+            sign, bias_int, s_out = intops.layernorm_constants(self.weight.detach(), self.bias.detach(), x.shape[-1])
+            q = intops.int_layernorm(q_in, self.shift.long(), sign, bias_int)
+        value = q.to(x.dtype) * s_out
+        reference = self.float_forward(x) if _needs_grad(x, self.weight, self.bias) else None
+        return attach_ints(straight_through(value, reference), q), s_out

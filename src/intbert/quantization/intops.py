@@ -1,0 +1,409 @@
+"""Exact integer functions of I-BERT (arXiv 2101.01321), defined once.
+
+Every function here takes and returns *integer* tensors (int64 unless stated) and is the single
+definition of its operation: the trainable simulation (``intbert.models.ibert.quant_modules``)
+computes its forward value with these functions, and the frozen engine calls them or a kernel that
+tests prove bit-identical to them.
+
+Scales are float (they are parameters of the representation, not integer state); integers never
+travel in float32 above 2**24.
+
+Rounding rules, stated once and used throughout:
+
+* ``quantize``: ``torch.round`` = round half to even (as the reference's ``linear_quantize``).
+* ``dyadic``: the mantissa is rounded half away from zero (as the reference's ``Decimal``
+  ``ROUND_HALF_UP`` on a signed value).
+* ``requantize``: ``(q*m + 2**(e-1)) >> e``: round half up (toward +inf); ``>>`` is an arithmetic
+  shift, i.e. floor.
+* every other division is floor division (``torch.div(..., rounding_mode="floor")``), as the
+  reference's ``floor_ste``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import OverflowRiskError
+
+# ---------------------------------------------------------------------------------------------
+# Bit widths and constants (one place; see the bounds written beside each op that uses them)
+# ---------------------------------------------------------------------------------------------
+
+#: Mantissa bits of a dyadic multiplier m / 2**e: m in [2**30, 2**31).
+DYADIC_MANTISSA_BITS = 31
+#: Largest right shift a dyadic multiplier may use; q*m < 2**62 so a shift of 63 already gives 0/-1.
+DYADIC_MAX_SHIFT = 63
+#: Bits of the LayerNorm input (the reference's ``ln_input_bit``; "max abs 2^21").
+LN_INPUT_BITS = 22
+#: The sum of squares in LayerNorm is kept below 2**LN_VAR_BITS by the calibrated ``shift``.
+LN_VAR_BITS = 32
+#: LayerNorm normalises to y / std * 2**LN_OUTPUT_FRAC_BITS (the reference's ``2**31 / std / 2``).
+LN_OUTPUT_FRAC_BITS = 30
+#: i-exp fixed point: exponentials are produced as integers with scale 2**-EXP_FRAC_BITS (exp(0) = 2**15),
+#: the 16-bit intermediate of the reference's softmax.
+EXP_FRAC_BITS = 15
+#: i-exp clamps its input at -EXP_MAX_HALVINGS * ln2 (the reference's ``const = 30``).
+EXP_MAX_HALVINGS = 30
+#: Softmax normalisation numerator 2**SOFTMAX_SUM_BITS (the reference's ``max_bit = 32``).
+SOFTMAX_SUM_BITS = 32
+#: The i-exp polynomial needs c_int = floor(2.79/S**2) < 2**30, so the score scale is raised to at
+#: least 2**-14 by a right shift of the scores (exact, floor) when it is finer.
+EXP_MIN_INPUT_SCALE = 2.0**-14
+
+# i-GELU (paper Alg. 2) constants, as in the reference implementation (the paper prints a=-0.2888,
+# b=-1.769 too). erf(x) ~ sign(x) * [a (min(|x|, -b) + b)^2 + 1], evaluated on x / sqrt(2).
+GELU_SQRT2 = 1.4142  # the reference's k (it truncates sqrt(2) = 1.41421356...)
+GELU_A = -0.2888
+GELU_B = -1.769
+GELU_SHIFT = 14  # the reference's ``const``: the erf polynomial is shifted right by 14 bits
+GELU_C_OVER_A = 1.0 / GELU_A  # the reference's coeff[2] /= coeff[0]: c/a with c = 1
+
+# i-exp (paper Alg. 3) constants, as in the reference implementation. The paper prints
+# L(p) = 0.3585 (p + 1.353)^2 + 0.344; the reference code uses a*((p + b) p + c) with the values
+# below (equal to 0.35815147 p^2 + 0.96963238 p + 1), which we follow.
+EXP_LN2 = 0.6931  # -x0 of the reference (ln 2 truncated)
+EXP_A = 0.35815147
+EXP_B = 0.96963238 / 0.35815147
+EXP_C = 1.0 / 0.35815147
+
+INT32_MAX = 2**31 - 1
+INT32_MIN = -(2**31)
+
+
+def qrange(num_bits: int, narrow: bool = False) -> tuple[int, int]:
+    """Signed integer range of ``num_bits`` bits: [-2^(b-1), 2^(b-1)-1], or [-(2^(b-1)-1), 2^(b-1)-1] if narrow."""
+    hi = 2 ** (num_bits - 1) - 1
+    return (-hi if narrow else -hi - 1), hi
+
+
+# ---------------------------------------------------------------------------------------------
+# Symmetric quantization
+# ---------------------------------------------------------------------------------------------
+
+
+def symmetric_scale(num_bits: int, x_min: torch.Tensor, x_max: torch.Tensor) -> torch.Tensor:
+    """Scale of symmetric linear quantization: S = max(|x_min|, |x_max|, 1e-8) / (2^(b-1) - 1).
+
+    Works elementwise, so per-channel ranges give per-channel scales. The 1e-8 floor is the
+    reference's: it keeps an all-zero tensor (RoBERTa's token-type table) from dividing by zero.
+    """
+    n = 2 ** (num_bits - 1) - 1
+    return torch.maximum(x_min.abs(), x_max.abs()).clamp(min=1e-8) / n
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor, num_bits: int) -> torch.Tensor:
+    """q = clamp(round_half_even(x / S), -(2^(b-1)-1), 2^(b-1)-1), as int64.
+
+    The full symmetric range: the reference clamps to [-n, n-1] (126 for 8 bits), which loses the
+    largest positive weight (bug fix (g) in docs/ibert.md). ``scale`` broadcasts against ``x``
+    (a per-row weight scale has shape [out, 1]). Computed in float64 so that x / S is correctly
+    rounded before the integer rounding for any bit width up to 32.
+    """
+    lo, hi = qrange(num_bits, narrow=True)
+    return torch.round(x.double() / scale.double()).clamp_(lo, hi).long()
+
+
+def to_int(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Recover the integers of a simulated tensor ``x = q * S``: round_half_even(x / S) as int64.
+
+    Exact when |q| < 2^22 in float32 or |q| < 2^50 in float64 (the relative error of q*S and of
+    the division is below 2^-23 resp. 2^-52, so the distance to q stays under 1/2).
+    """
+    if x.dtype != torch.float64:
+        x = x.float()
+    return torch.round(x / scale.to(x.dtype)).long()
+
+
+# ---------------------------------------------------------------------------------------------
+# Dyadic requantization
+# ---------------------------------------------------------------------------------------------
+
+
+def dyadic(ratio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dyadic approximation r ~ m / 2^e of positive ratios, m in [2^30, 2^31), e >= 0; int64 pair.
+
+    m = round_half_up(mant * 2^31), e = 31 - exp where ratio = mant * 2^exp with mant in [0.5, 1)
+    (``frexp``); the reference computes the same with numpy + ``Decimal`` per element. When rounding
+    carries the mantissa to 2^31 it is halved and e decremented, so m always fits int32. A ratio
+    of 0 gives m = 0. Ratios must lie in [0, 2^31) (e >= 0); :func:`check_dyadic_range` verifies
+    that where scales are fixed (freeze), since checking here would synchronise with the device.
+    """
+    ratio = ratio.double()
+    mant, exp = torch.frexp(ratio)
+    # mant * 2^31 is exact in float64 (53-bit mantissa); floor(x + 0.5) is round half up.
+    m = torch.floor(mant * 2.0**DYADIC_MANTISSA_BITS + 0.5).long()
+    e = DYADIC_MANTISSA_BITS - exp.long()
+    carry = m == 2**DYADIC_MANTISSA_BITS
+    m = torch.where(carry, m >> 1, m)
+    e = torch.where(carry, e - 1, e)
+    m = torch.where(ratio == 0, torch.zeros_like(m), m)
+    e = torch.where(ratio == 0, torch.zeros_like(e), e)
+    return m, e.clamp(max=DYADIC_MAX_SHIFT)
+
+
+def check_dyadic_range(ratio: torch.Tensor, what: str) -> None:
+    """Raise if a requantization ratio cannot be a dyadic m / 2^e with m < 2^31 and 0 <= e <= 63."""
+    r = ratio.double()
+    if bool((r < 0).any()) or bool((r >= 2.0**31).any()) or not bool(torch.isfinite(r).all()):
+        raise OverflowRiskError(
+            f"{what}: requantization ratio {r.min().item():.3g}..{r.max().item():.3g} is outside [0, 2^31); "
+            "the input scale is too coarse for its output, recalibrate the ranges"
+        )
+
+
+def _half(e: torch.Tensor) -> torch.Tensor:
+    """2^(e-1) for e >= 1 and 0 for e = 0 (the round-half-up offset of a right shift by e <= 63)."""
+    return torch.where(e > 0, torch.ones_like(e) << (e - 1).clamp(min=0), torch.zeros_like(e))
+
+
+def _round_shift(v: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """round_half_up(v / 2^e) = (v + 2^(e-1)) >> e, for int64 |v| < 2^62 and 0 <= e <= 63 (no overflow)."""
+    return (v + _half(e)) >> e
+
+
+def requantize(q: torch.Tensor, m: torch.Tensor, e: torch.Tensor, num_bits: int) -> torch.Tensor:
+    """y = clamp(round_half_up(q * m / 2^e), -2^(b-1), 2^(b-1)-1) for int64 q and a dyadic (m, e).
+
+    (m, e) broadcast against q (per-channel multipliers on the last dim); m in [0, 2^31). Exact for
+    |q| < 2^47:
+    * |q| < 2^31: |q*m| < 2^62 fits int64 directly.
+    * wider q (i-GELU outputs, up to ~2^44): q = qh*2^16 + ql with 0 <= ql < 2^16, so
+      q*m = (qh*m)*2^16 + ql*m with |qh*m| < 2^62, and for e >= 16
+      floor((A*2^16 + X) / 2^e) = floor((A + floor(X / 2^16)) / 2^(e-16)), X = ql*m + 2^(e-1) < 2^63.
+      When e < 16 the ratio m/2^e exceeds 2^14, so any |q| >= 2^31 saturates every output width:
+      clamping q to the int32 range first and using the direct form gives the same result.
+    """
+    lo, hi = qrange(num_bits)
+    m = m.to(q.device)
+    e = e.to(q.device)
+    direct = _round_shift(q.clamp(INT32_MIN + 1, INT32_MAX) * m, e)
+    low = ((q & 0xFFFF) * m + _half(e)) >> 16
+    split = ((q >> 16) * m + low) >> (e - 16).clamp(min=0)
+    return torch.where(e >= 16, split, direct).clamp_(lo, hi)
+
+
+# ---------------------------------------------------------------------------------------------
+# Integer matrix multiplication
+# ---------------------------------------------------------------------------------------------
+
+#: float32 sums integers exactly while every partial sum stays below 2^24.
+FLOAT32_EXACT_INT = 2**24
+
+
+def int_matmul(a: torch.Tensor, b: torch.Tensor, a_bound: int = 128, b_bound: int = 128) -> torch.Tensor:
+    """Exact ``a @ b`` of integer tensors (|a| <= a_bound, |b| <= b_bound elementwise), as int64.
+
+    The portable way to run an integer GEMM at float speed: a float32 GEMM is exact while every
+    partial sum is below 2^24, i.e. for K * a_bound * b_bound < 2^24 (K <= 1024 for int8 x int8:
+    1024 * 128 * 128 = 2^24 exactly, so the chunk is one less power of two when the bound is hit).
+    Longer K is cut into such chunks, each exact, summed in int64. On CUDA float64 is used instead
+    (exact to 2^53; TF32 would make float32 inexact).
+    """
+    K = a.shape[-1]
+    if a.is_cuda:
+        return torch.matmul(a.double(), b.double()).long()
+    chunk = max(1, (FLOAT32_EXACT_INT - 1) // (a_bound * b_bound))
+    af, bf = a.float(), b.float()
+    if K <= chunk:
+        return torch.matmul(af, bf).long()
+    out = None
+    for k0 in range(0, K, chunk):
+        part = torch.matmul(af[..., k0 : k0 + chunk], bf[..., k0 : k0 + chunk, :]).long()
+        out = part if out is None else out + part
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# i-GELU (paper Alg. 2)
+# ---------------------------------------------------------------------------------------------
+
+
+def gelu_constants(scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Integer constants of i-GELU for input scale S (per channel allowed) and its output scale.
+
+    With s = S / 1.4142 (the input of erf is x / sqrt 2):
+      b_int = floor(b / s), c_int = floor((1/a) / s^2), S_erf = a * s^2 * 2^14 (negative: a < 0),
+      one_int = floor(1 / S_erf) (the "+1" of GELU = x/2 (1 + erf)),
+      S_out = |S * S_erf / 2| (the sign is folded into the integers, see :func:`int_gelu`).
+    Returns (b_int, c_int, one_int, S_out); the constants are int64.
+    """
+    s = scale.double() / GELU_SQRT2
+    b_int = torch.floor(GELU_B / s).long()
+    c_int = torch.floor(GELU_C_OVER_A / s**2).long()
+    s_erf = GELU_A * s**2 * 2.0**GELU_SHIFT
+    one_int = torch.floor(1.0 / s_erf).long()
+    s_out = (scale.double() * s_erf / 2).abs()
+    return b_int, c_int, one_int, s_out.to(scale.dtype)
+
+
+def int_gelu(q: torch.Tensor, b_int: torch.Tensor, c_int: torch.Tensor, one_int: torch.Tensor) -> torch.Tensor:
+    """i-GELU on integers: GELU(q*S) ~ int_gelu(q) * S_out (constants from :func:`gelu_constants`).
+
+      t   = min(|q|, -b_int)
+      erf = sign(q) * ((t + b_int)^2 + c_int) >> 14     (floor; the i-erf polynomial, a < 0)
+      out = -q * (erf + one_int)                        (sign folded: S_erf < 0)
+
+    Bounds (int64): |q| is a GEMM accumulator (< 2^31); (t + b)^2 <= b_int^2 and |c_int| ~ 3.5 b_int^2,
+    so |erf + one| <= ~2^-14 * 4.5 b_int^2 + |one|. For S >= 2^-20, b_int < 2^21 and the product
+    stays < 2^62. The bound is checked where the scales are fixed (``IntGELU`` / freeze).
+    """
+    t = torch.minimum(q.abs(), -b_int)
+    erf = torch.sign(q) * ((t + b_int) ** 2 + c_int)
+    erf = erf >> GELU_SHIFT
+    return -q * (erf + one_int)
+
+
+# ---------------------------------------------------------------------------------------------
+# i-exp softmax (paper Alg. 3)
+# ---------------------------------------------------------------------------------------------
+
+
+def softmax_constants(scale: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Integer constants of the i-exp softmax for a per-tensor score scale S (a 1-element tensor).
+
+    pre_shift p: the smallest p >= 0 with S' = S*2^p >= 2^-14; scores are shifted right by p bits
+    (floor) first, which keeps c_int < 2^30 (see EXP_MIN_INPUT_SCALE). Then
+    x0_int = floor(-ln2 / S') (< 0), b_int = floor(b / S'), c_int = floor(c / S'^2), and (m, e) the
+    dyadic of a * S'^2 * 2^15, which turns the polynomial into exp(x) * 2^15. Tensor ops only, so
+    no host synchronisation.
+    """
+    s = scale.double().reshape(())
+    p = torch.ceil(torch.log2(EXP_MIN_INPUT_SCALE / s)).clamp(min=0)
+    # log2 may land one off at exact powers of two: step down while the smaller shift still suffices.
+    p = torch.where((p > 0) & (s * 2.0 ** (p - 1) >= EXP_MIN_INPUT_SCALE), p - 1, p)
+    s = s * 2.0**p
+    m, e = dyadic(EXP_A * s * s * 2.0**EXP_FRAC_BITS)
+    return {
+        "pre_shift": p.long(),
+        "x0": torch.floor(-EXP_LN2 / s).long(),
+        "b": torch.floor(EXP_B / s).long(),
+        "c": torch.floor(EXP_C / s**2).long(),
+        "m": m,
+        "e": e,
+    }
+
+
+def int_softmax(
+    q: torch.Tensor, mask: torch.Tensor | None, consts: dict[str, int], output_bit: int = 8
+) -> torch.Tensor:
+    """Integer softmax over the last dim: probabilities as integers with scale 2^-output_bit.
+
+    q: integer scores (|q| < 2^31) at scale S; mask: bool, True = attend (broadcastable), or None.
+      q >>= pre_shift;  q -= max(q)                 (<= 0; masked positions excluded from the max)
+      q  = max(q, 30 * x0)                           (exp(-30 ln2) ~ 1e-9 is 0 at 15 fraction bits)
+      z  = q // x0 (>= 0), r = q - z*x0 in (x0, 0]  (exp(q S) = 2^-z exp(r S))
+      L  = (r + b) * r + c                           (0 < L < 2^30: a positive quadratic, r in (x0, 0])
+      e  = round_half_up(L * m / 2^(e_m + z))        (exp(q S) * 2^15, in [0, 2^15]; L*m < 2^61)
+      e  = 0 where masked
+      p  = (e * floor(2^32 / max(sum e, 1))) >> (32 - output_bit)   (e*factor <= 2^47)
+      p  = min(p, 2^output_bit - 1)                  (the reference can emit 256 for 8 bits: fix (f))
+    A fully masked row gives all zeros.
+    """
+    x = q >> consts["pre_shift"]
+    neg_big = torch.iinfo(torch.int64).min // 4
+    if mask is not None:
+        x = torch.where(mask, x, torch.full_like(x, neg_big))
+    x = x - x.amax(dim=-1, keepdim=True).clamp(min=neg_big + 1)
+    x0 = consts["x0"]
+    x = torch.clamp(x, min=EXP_MAX_HALVINGS * x0)
+    z = torch.div(x, x0, rounding_mode="floor")
+    r = x - x0 * z
+    poly = (r + consts["b"]) * r + consts["c"]
+    shift = (z + consts["e"]).clamp(max=DYADIC_MAX_SHIFT)
+    e = _round_shift(poly * consts["m"], shift).clamp_(0, 2**EXP_FRAC_BITS)
+    if mask is not None:
+        e = torch.where(mask, e, torch.zeros_like(e))
+    total = e.sum(dim=-1, keepdim=True).clamp(min=1)
+    factor = torch.div(torch.full_like(total, 2**SOFTMAX_SUM_BITS), total, rounding_mode="floor")
+    out = (e * factor) >> (SOFTMAX_SUM_BITS - output_bit)
+    return out.clamp_(max=2**output_bit - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Integer LayerNorm
+# ---------------------------------------------------------------------------------------------
+
+
+def _bit_length(n: torch.Tensor) -> torch.Tensor:
+    """Number of bits of non-negative int64 values (0 for 0), by binary search on shifts."""
+    bl = torch.zeros_like(n)
+    v = n
+    for s in (32, 16, 8, 4, 2, 1):
+        big = (v >> s) > 0
+        bl = bl + big.long() * s
+        v = torch.where(big, v >> s, v)
+    return bl + (v > 0).long()
+
+
+def isqrt(n: torch.Tensor) -> torch.Tensor:
+    """floor(sqrt(n)) of non-negative int64 values < 2^62, exactly (paper Alg. 4, vectorised).
+
+    Integer Newton x <- (x + n // x) // 2 from x0 = 2^ceil(bits(n)/2) >= sqrt(n). From above the
+    iteration decreases monotonically to floor(sqrt n) and then may oscillate to +1, so the running
+    minimum is kept. The relative error e_{k+1} <= e_k^2 / 2 from e_0 <= 1 is below 2^-31 after six
+    steps, enough for results < 2^31; a seventh absorbs the integer floors.
+    """
+    x = torch.ones_like(n) << ((_bit_length(n) + 1) >> 1)
+    for _ in range(7):
+        nxt = (x + torch.div(n, x.clamp(min=1), rounding_mode="floor")) >> 1
+        x = torch.minimum(x, nxt)
+    return x
+
+
+def layernorm_shift(q: torch.Tensor) -> torch.Tensor:
+    """Smallest right shift s with sum((y >> s)^2) < 2^32 over the last dim, y = q - mean (0-dim int64).
+
+    Uses the reference's rule s = ceil(log2(sqrt(sum y^2 / 2^32))), computed in float64 from the
+    exact integer sum (this runs only while calibrating, never in the integer forward).
+    """
+    y = q - _row_mean(q)
+    var = (y * y).sum(dim=-1).double()
+    need = torch.ceil(torch.log2(torch.sqrt(var / 2.0**LN_VAR_BITS).clamp(min=1e-30))).clamp(min=0)
+    return need.max().long()
+
+
+def _row_mean(q: torch.Tensor) -> torch.Tensor:
+    """round_half_up(mean(q)) over the last dim: floor((2*sum + C) / (2*C)); |sum| < 2^22 * C."""
+    C = q.shape[-1]
+    return torch.div(2 * q.sum(dim=-1, keepdim=True) + C, 2 * C, rounding_mode="floor")
+
+
+def layernorm_constants(
+    weight: torch.Tensor, bias: torch.Tensor, dim: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Integer LayerNorm affine constants: (sign, bias_int, S_out) per channel.
+
+    The normalised integers carry scale S = sqrt(C) / 2^30. The affine part gamma*n + beta is folded
+    into the scale: out = sign(gamma) * (n + bias_int) with bias_int = floor(beta/gamma / S) and
+    S_out = S * |gamma|. |gamma| is raised to at least |beta| / (S * (2^30 - 1)) so |bias_int| < 2^30
+    and the output fits int32 (a channel with |beta/gamma| > ~sqrt(C) and gamma = 0 would otherwise
+    need an unbounded integer; the reference gives inf/NaN there).
+    """
+    s = math.sqrt(dim) / 2.0**LN_OUTPUT_FRAC_BITS
+    g = weight.double()
+    b = bias.double()
+    g_abs = torch.maximum(g.abs(), b.abs() / (s * (2.0**LN_OUTPUT_FRAC_BITS - 1)))
+    g_abs = g_abs.clamp(min=1e-30)
+    sign = torch.where(g < 0, -1, 1).long()
+    bias_int = torch.floor(b * sign / g_abs / s).long()
+    return sign, bias_int, (s * g_abs).to(weight.dtype)
+
+
+def int_layernorm(q: torch.Tensor, shift: torch.Tensor, sign: torch.Tensor, bias_int: torch.Tensor) -> torch.Tensor:
+    """Integer LayerNorm over the last dim of int64 q (|q| < 2^22); output int32-range int64.
+
+      y    = q - round_half_up(mean q)                   (|y| < 2^23)
+      var  = sum((y >> shift)^2)                         (< C * 2^46, exact in int64)
+      std  = max(isqrt(var) << shift, 1)                 (max(., 1): a constant row gives 0, not NaN: fix (e))
+      n    = (y * floor(2^31 / std)) >> 1                (~ y / std * 2^30; |y * factor| < 2^54)
+      out  = clamp(sign * (n + bias_int), int32)         (scale S_out from layernorm_constants)
+    """
+    y = q - _row_mean(q)
+    ys = y >> shift
+    var = (ys * ys).sum(dim=-1, keepdim=True)
+    std = (isqrt(var) << shift).clamp(min=1)
+    factor = torch.div(torch.full_like(std, 2**31), std, rounding_mode="floor")
+    n = (y * factor) >> 1
+    return (sign * (n + bias_int)).clamp_(INT32_MIN, INT32_MAX)
