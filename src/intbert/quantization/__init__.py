@@ -1,0 +1,33 @@
+"""intbert's quantization toolkit: pytorch-quantization's API, in pure PyTorch.
+
+The names follow NVIDIA's pytorch-quantization (``QuantDescriptor``, ``TensorQuantizer``,
+``quant_nn.QuantLinear``, ``calib.MaxCalibrator`` / ``HistogramCalibrator``), so code and checkpoints
+written for it work; the numerics are defined once in `fake_quant`.
+"""
+
+from . import calib, nn
+from .descriptor import (
+    QUANT_DESC_8BIT_LINEAR_WEIGHT_PER_ROW,
+    QUANT_DESC_8BIT_PER_TENSOR,
+    QUANT_DESC_UNSIGNED_8BIT_PER_TENSOR,
+    QuantDescriptor,
+    ScaledQuantDescriptor,
+)
+from .fake_quant import TINY_AMAX, dequantize, fake_tensor_quant, quant_bounds, quantize
+from .tensor_quantizer import TensorQuantizer
+
+__all__ = [
+    "QuantDescriptor",
+    "ScaledQuantDescriptor",
+    "QUANT_DESC_8BIT_PER_TENSOR",
+    "QUANT_DESC_UNSIGNED_8BIT_PER_TENSOR",
+    "QUANT_DESC_8BIT_LINEAR_WEIGHT_PER_ROW",
+    "TensorQuantizer",
+    "fake_tensor_quant",
+    "quantize",
+    "dequantize",
+    "quant_bounds",
+    "TINY_AMAX",
+    "calib",
+    "nn",
+]

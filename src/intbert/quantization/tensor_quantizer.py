@@ -1,0 +1,344 @@
+"""`TensorQuantizer`: the module that fake-quantizes one tensor, calibrates itself and saves its amax.
+
+pytorch-quantization compatible: constructor, switch methods, properties, ``_amax`` state-dict key and
+shapes (``[]`` per tensor, keep-dims such as ``[out, 1]`` per channel). Fixed here:
+
+* a checkpoint's ``_amax`` loads onto the module's own device (upstream calls ``.cuda()``, which fails
+  on CPU-only machines), and a module without amax accepts it without an "unexpected key";
+* ``load_calib_amax(method=None, *, percentile=..., strict=True)`` takes both calling styles and says
+  what is wrong instead of failing deep inside a calibrator (NVIDIA/TensorRT#3500);
+* ``.half()`` / ``.to(bfloat16)`` keep the amax buffer in float32 (fp16 would round the scale);
+* an uncalibrated quantizer used in eval mode warns (it silently ran in dynamic mode upstream).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from .calib import HistogramCalibrator, MaxCalibrator, reduce_amax
+from .calib.base import Calibrator
+from .descriptor import QuantDescriptor
+from .fake_quant import fake_tensor_quant, quant_bounds
+
+__all__ = ["TensorQuantizer"]
+
+_DYNAMIC_EVAL_WARNING = (
+    "a TensorQuantizer has no amax and runs in dynamic mode (amax = max |x| of each tensor) in eval; "
+    "calibrate it (intbert.quantization.calibrate_quantizers) or load a calibrated checkpoint"
+)
+
+
+def _make_calibrator(desc: QuantDescriptor) -> Calibrator:
+    if desc.calib_method == "histogram":
+        return HistogramCalibrator(desc.num_bits, desc.axis, desc.unsigned)
+    return MaxCalibrator(desc.num_bits, desc.axis, desc.unsigned)
+
+
+class TensorQuantizer(nn.Module):
+    """Fake-quantize a tensor with a calibrated, fixed, learned or dynamic ``amax``.
+
+    ``forward(x)``: if disabled, return ``x``; if calibrating, feed ``x`` to the calibrator; if
+    clipping, clamp ``x`` to ``[-amax, amax]`` (``[0, amax]`` unsigned); if quantizing, return
+    ``fake_tensor_quant(x, amax * scale_amax, ...)`` (see `fake_quant` for the numerics). The amax is
+    the ``_amax`` buffer, or, when there is none (dynamic mode), ``max |x|`` of the current tensor per
+    ``axis``. Per-channel behaviour follows the amax's shape, so a ``[out, 1]`` amax loaded into a
+    per-tensor quantizer still quantizes per row.
+
+    Args:
+        quant_desc: a `QuantDescriptor`.
+        disabled: bypass entirely (``forward`` returns its input).
+        if_quant: apply fake quantization.
+        if_clip: clamp to ``[-amax, amax]`` before quantizing.
+        if_calib: feed inputs to the calibrator.
+    """
+
+    # pytorch-quantization 2.1's ONNX switch; kept so that code setting it still runs. It has no
+    # effect: intbert's export path chooses its own ops.
+    use_fb_fake_quant = False
+
+    def __init__(
+        self,
+        quant_desc: QuantDescriptor = QuantDescriptor(),
+        disabled: bool = False,
+        if_quant: bool = True,
+        if_clip: bool = False,
+        if_calib: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(quant_desc, QuantDescriptor):
+            raise TypeError(f"quant_desc must be a QuantDescriptor, got {type(quant_desc).__name__}")
+        self._num_bits = quant_desc.num_bits
+        self._fake_quant = True
+        self._axis = quant_desc.axis
+        self._scale_amax = quant_desc.scale_amax
+        self._learn_amax = quant_desc.learn_amax
+        self._unsigned = quant_desc.unsigned
+        self._narrow_range = quant_desc.narrow_range
+        self._name = quant_desc.name
+        self._disabled = disabled
+        self._if_quant = if_quant
+        self._if_clip = if_clip
+        self._if_calib = if_calib
+        self._calibrator: Calibrator | None = _make_calibrator(quant_desc)
+        # Where a new amax goes: a quantizer often has no tensor of its own, so `_apply` (called by
+        # .to()/.cuda()) records the device it is moved to.
+        self._device = torch.device("cpu")
+        self._warned_dynamic = False
+        if quant_desc.amax is not None:
+            self.amax = torch.tensor(quant_desc.amax, dtype=torch.float32)
+
+    def __setattr__(self, name, value):
+        # nn.Module.__setattr__ would register an nn.Parameter assigned to `amax` as a new parameter
+        # named "amax", bypassing the property; route it through the setter instead.
+        if name == "amax":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    # ----------------------------------------------------------------- switches
+    def enable(self) -> None:
+        self._disabled = False
+
+    def disable(self) -> None:
+        self._disabled = True
+
+    def enable_quant(self) -> None:
+        self._if_quant = True
+
+    def disable_quant(self) -> None:
+        self._if_quant = False
+
+    def enable_clip(self) -> None:
+        self._if_clip = True
+
+    def disable_clip(self) -> None:
+        self._if_clip = False
+
+    def enable_calib(self) -> None:
+        if self._calibrator is None:
+            raise RuntimeError("this quantizer has no calibrator; assign one to quantizer._calibrator first")
+        self._if_calib = True
+
+    def disable_calib(self) -> None:
+        self._if_calib = False
+
+    # --------------------------------------------------------------- properties
+    @property
+    def amax(self) -> torch.Tensor | None:
+        """The stored amax (float32; 0-dim or keep-dims per channel), or ``None`` in dynamic mode."""
+        return self._parameters.get("_amax", self._buffers.get("_amax"))
+
+    @amax.setter
+    def amax(self, value) -> None:
+        """Set amax (number, list or tensor, all finite and >= 0). ``None`` removes it (dynamic mode).
+
+        An existing amax is overwritten in place (it keeps its device and stays a Parameter if it is
+        one); giving it a different shape raises ValueError, since the shape decides per-tensor versus
+        per-channel and silently switching would change what the quantizer does.
+        """
+        if value is None:
+            self._parameters.pop("_amax", None)
+            self._buffers.pop("_amax", None)
+            return
+        t = torch.as_tensor(value.detach() if isinstance(value, torch.Tensor) else value, dtype=torch.float32)
+        if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+            raise ValueError(f"amax must be finite and >= 0, got {t.tolist()!r}; pass abs(amax) or calibrate again")
+        current = self.amax
+        if current is None:
+            self._register_amax(t)
+            return
+        if current.shape != t.shape:
+            raise ValueError(
+                f"amax shape change from {list(current.shape)} to {list(t.shape)}: the shape decides per-tensor "
+                "vs per-channel; set quantizer.amax = None first if you mean to change it"
+            )
+        with torch.no_grad():
+            current.copy_(t)
+
+    def _register_amax(self, t: torch.Tensor) -> None:
+        t = t.detach().to(device=self._device, dtype=torch.float32).clone()
+        if self._learn_amax:
+            self.register_parameter("_amax", nn.Parameter(t))
+        else:
+            self.register_buffer("_amax", t)
+
+    @property
+    def num_bits(self) -> int:
+        return self._num_bits
+
+    @num_bits.setter
+    def num_bits(self, value: int) -> None:
+        quant_bounds(value, self._unsigned)  # validates
+        self._num_bits = value
+        if self._calibrator is not None:
+            self._calibrator.num_bits = value
+
+    @property
+    def unsigned(self) -> bool:
+        return self._unsigned
+
+    @property
+    def narrow_range(self) -> bool:
+        return self._narrow_range
+
+    @narrow_range.setter
+    def narrow_range(self, value: bool) -> None:
+        self._narrow_range = bool(value)
+
+    @property
+    def axis(self):
+        return self._axis
+
+    @property
+    def fake_quant(self) -> bool:
+        return self._fake_quant
+
+    @property
+    def learn_amax(self) -> bool:
+        return self._learn_amax
+
+    @property
+    def scale(self) -> float:
+        """1.0: fake quantization returns values in the input's scale (upstream's field, kept)."""
+        return 1.0
+
+    @property
+    def maxbound(self) -> int:
+        """``qmax = 2^(b - 1 + unsigned) - 1``."""
+        return quant_bounds(self._num_bits, self._unsigned)[1]
+
+    @property
+    def step_size(self) -> torch.Tensor | None:
+        """``amax / qmax``: the value of one integer level (``None`` without amax)."""
+        amax = self.amax
+        return None if amax is None else amax.detach() / self.maxbound
+
+    @property
+    def calibrator(self) -> Calibrator | None:
+        return self._calibrator
+
+    # -------------------------------------------------------------- calibration
+    def load_calib_amax(self, method: str | None = None, *, percentile: float = 99.99, strict: bool = True, **kwargs):
+        """Compute amax from the calibrator and store it; returns the new amax.
+
+        ``method`` is ``None`` or ``"max"`` for a max calibrator, and ``"percentile"``, ``"mse"`` or
+        ``"entropy"`` for a histogram calibrator (``percentile`` and the ``start_bin``/``stride``
+        keywords go to the histogram). If the calibrator collected nothing (the quantizer never ran),
+        ``strict`` raises RuntimeError; ``strict=False`` warns and leaves the quantizer as it was
+        (upstream sets a NaN amax, which turns every output into NaN).
+        """
+        calib = self._calibrator
+        if calib is None:
+            raise RuntimeError("this quantizer has no calibrator to load amax from")
+        if isinstance(calib, MaxCalibrator):
+            if method not in (None, "max") or kwargs:
+                raise ValueError(
+                    f"a max calibrator only computes 'max' (got method={method!r}, {kwargs or ''}); build the "
+                    "quantizer with calib_method='histogram' for percentile/mse/entropy"
+                )
+            amax = calib.compute_amax()
+        elif isinstance(calib, HistogramCalibrator):
+            if method is None:
+                raise ValueError("a histogram calibrator needs method='percentile', 'mse' or 'entropy'")
+            amax = calib.compute_amax(method, percentile=percentile, **kwargs)
+        else:
+            amax = calib.compute_amax(method, percentile=percentile, **kwargs)
+        if amax is None:
+            message = (
+                "the calibrator collected no data: this quantizer did not run while calibrating "
+                "(call enable_calib() and run batches through the model)"
+            )
+            if strict:
+                raise RuntimeError(message + "; pass strict=False to leave it uncalibrated")
+            warnings.warn(message + "; leaving it uncalibrated", stacklevel=2)
+            return None
+        self.amax = amax
+        return self.amax
+
+    # ------------------------------------------------------------------ forward
+    def _current_amax(self, x: torch.Tensor) -> torch.Tensor:
+        amax = self.amax
+        if amax is None:
+            if not self.training and not self._if_calib and not self._warned_dynamic:
+                self._warned_dynamic = True
+                warnings.warn(_DYNAMIC_EVAL_WARNING, stacklevel=3)
+            amax = reduce_amax(x, self._axis).to(torch.float32)
+        if self._scale_amax is not None:
+            amax = amax * self._scale_amax
+        return amax
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._disabled:
+            return x
+        if self._if_calib:
+            if self._calibrator is None:
+                raise RuntimeError("calibration is on but this quantizer has no calibrator")
+            self._calibrator.collect(x)
+        out = x
+        if self._if_clip or self._if_quant:
+            amax = self._current_amax(x)
+            if self._if_clip:
+                # Plain clamp: gradients reach amax where it clips (PACT) when amax is learned.
+                hi = amax.to(x.dtype)
+                out = torch.minimum(torch.maximum(out, torch.zeros_like(hi) if self._unsigned else -hi), hi)
+            if self._if_quant:
+                out = fake_tensor_quant(out, amax, self._num_bits, self._unsigned, self._narrow_range)
+        return out
+
+    # --------------------------------------------------------- device and state
+    def _apply(self, fn, recurse: bool = True):
+        self._device = fn(torch.empty(0, device=self._device)).device
+        result = super()._apply(fn, recurse)
+        amax = self._buffers.get("_amax")
+        if amax is not None and amax.dtype != torch.float32:
+            self._buffers["_amax"] = amax.float()  # .half() must not round the scale
+        return result
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        key = prefix + "_amax"
+        if key in state_dict:
+            source = state_dict[key]
+            current = self.amax
+            if current is not None and current.shape != source.shape:
+                warnings.warn(
+                    f"{key}: checkpoint amax has shape {list(source.shape)}, the module {list(current.shape)}; "
+                    "using the checkpoint's (it decides per-tensor vs per-channel)",
+                    stacklevel=2,
+                )
+                self.amax = None
+                current = None
+            if current is None:
+                # Register first, on this module's device, so the default loader below copies into it
+                # instead of reporting an unexpected key.
+                self._register_amax(source)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def extra_repr(self) -> str:
+        parts = [f"{self._num_bits}bit"]
+        if self._unsigned:
+            parts.append("unsigned")
+        elif self._narrow_range:
+            parts.append("narrow")
+        parts.append("fake")
+        parts.append("per-tensor" if self._axis is None else f"axis={self._axis}")
+        amax = self.amax
+        if amax is None:
+            parts.append("amax=dynamic")
+        elif amax.numel() == 1:
+            parts.append(f"amax={amax.item():.4f}")
+        else:
+            parts.append(f"amax=[{amax.min().item():.4f}, {amax.max().item():.4f}]({amax.numel()})")
+        if self._learn_amax:
+            parts.append("learn_amax")
+        if self._scale_amax is not None:
+            parts.append(f"scale_amax={self._scale_amax}")
+        if self._calibrator is not None:
+            parts.append(f"calibrator={type(self._calibrator).__name__}")
+        if self._disabled:
+            parts.append("disabled")
+        else:
+            parts.extend(flag for flag, on in (("quant", self._if_quant), ("clip", self._if_clip), ("calib", self._if_calib)) if on)
+        return " ".join(parts)
