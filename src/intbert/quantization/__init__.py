@@ -5,6 +5,8 @@ The names follow NVIDIA's pytorch-quantization (``QuantDescriptor``, ``TensorQua
 written for it work; the numerics are defined once in `fake_quant`.
 """
 
+# Subpackages, reachable as intbert.quantization.calib / .nn; left out of __all__ so that a star import
+# does not shadow torch.nn.
 from . import calib, nn
 from .descriptor import (
     QUANT_DESC_8BIT_LINEAR_WEIGHT_PER_ROW,
@@ -15,6 +17,16 @@ from .descriptor import (
 )
 from .fake_quant import TINY_AMAX, dequantize, fake_tensor_quant, quant_bounds, quantize
 from .tensor_quantizer import TensorQuantizer
+from .workflow import (
+    CALIBRATION_METHODS,
+    calibrate_quantizers,
+    disable_quantizers,
+    enable_quantizers,
+    named_quantizers,
+    quantizer_summary,
+    recalibrate_weights,
+    set_quantizer_by_name,
+)
 
 __all__ = [
     "QuantDescriptor",
@@ -28,6 +40,12 @@ __all__ = [
     "dequantize",
     "quant_bounds",
     "TINY_AMAX",
-    "calib",
-    "nn",
+    "CALIBRATION_METHODS",
+    "calibrate_quantizers",
+    "recalibrate_weights",
+    "set_quantizer_by_name",
+    "enable_quantizers",
+    "disable_quantizers",
+    "named_quantizers",
+    "quantizer_summary",
 ]
