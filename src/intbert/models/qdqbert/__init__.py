@@ -1,0 +1,36 @@
+"""QDQBERT: BERT with Q/DQ fake quantization (Wu et al. 2020), the transformers port brought back without globals."""
+
+from intbert.models.qdqbert.checkpoint import load_qdq_state_dict, register_checkpoint_amax
+from intbert.models.qdqbert.configuration_qdqbert import QDQBertConfig
+from intbert.models.qdqbert.helpers import calibrate_qdq, clip_gelu, fuse_qkv
+from intbert.models.qdqbert.modeling_qdqbert import (
+    QDQBertForMaskedLM,
+    QDQBertForMultipleChoice,
+    QDQBertForNextSentencePrediction,
+    QDQBertForQuestionAnswering,
+    QDQBertForSequenceClassification,
+    QDQBertForTokenClassification,
+    QDQBertLayer,
+    QDQBertLMHeadModel,
+    QDQBertModel,
+    QDQBertPreTrainedModel,
+)
+
+__all__ = [
+    "QDQBertConfig",
+    "QDQBertPreTrainedModel",
+    "QDQBertModel",
+    "QDQBertLayer",
+    "QDQBertLMHeadModel",
+    "QDQBertForMaskedLM",
+    "QDQBertForNextSentencePrediction",
+    "QDQBertForSequenceClassification",
+    "QDQBertForMultipleChoice",
+    "QDQBertForTokenClassification",
+    "QDQBertForQuestionAnswering",
+    "calibrate_qdq",
+    "clip_gelu",
+    "fuse_qkv",
+    "load_qdq_state_dict",
+    "register_checkpoint_amax",
+]
