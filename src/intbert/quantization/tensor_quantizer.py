@@ -291,10 +291,17 @@ class TensorQuantizer(nn.Module):
     # --------------------------------------------------------- device and state
     def _apply(self, fn, recurse: bool = True):
         self._device = fn(torch.empty(0, device=self._device)).device
-        result = super()._apply(fn, recurse)
-        amax = self._buffers.get("_amax")
-        if amax is not None and amax.dtype != torch.float32:
-            self._buffers["_amax"] = amax.float()  # .half() must not round the scale
+        # Take the amax buffer out so that .half()/.bfloat16() only move it: rounding it to 16 bits
+        # and back would change the scale. (A learned amax is a Parameter and follows the module.)
+        amax = self._buffers.pop("_amax", None)
+        try:
+            result = super()._apply(fn, recurse)
+        finally:
+            if amax is not None:
+                moved = fn(amax)
+                if moved.dtype != torch.float32:
+                    moved = amax.to(device=moved.device, dtype=torch.float32)
+                self._buffers["_amax"] = moved
         return result
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):

@@ -60,8 +60,10 @@ def _candidate_bins(num_bins: int, start_bin: int, stride: int) -> torch.Tensor:
         raise ValueError(f"start_bin must be an int >= 0, got {start_bin!r}")
     if not isinstance(stride, int) or stride < 1:
         raise ValueError(f"stride must be an int >= 1, got {stride!r}")
-    cands = torch.arange(max(start_bin, 1), num_bins + 1, stride, dtype=torch.int64)
-    return cands if cands.numel() else torch.tensor([num_bins], dtype=torch.int64)
+    first = max(start_bin, 1)
+    if first > num_bins:
+        return torch.tensor([num_bins], dtype=torch.int64)
+    return torch.arange(first, num_bins + 1, stride, dtype=torch.int64)
 
 
 class HistogramCalibrator(Calibrator):
