@@ -16,6 +16,28 @@ from intbert.models.qdqbert.modeling_qdqbert import (
     QDQBertPreTrainedModel,
 )
 
+
+
+def _register_auto_classes() -> None:
+    """Make ``AutoConfig``/``AutoModel*`` resolve model_type "qdqbert" (transformers 5 dropped its own mapping)."""
+    import transformers
+
+    transformers.AutoConfig.register("qdqbert", QDQBertConfig, exist_ok=True)
+    for auto, model in (
+        ("AutoModel", QDQBertModel),
+        ("AutoModelForCausalLM", QDQBertLMHeadModel),
+        ("AutoModelForMaskedLM", QDQBertForMaskedLM),
+        ("AutoModelForNextSentencePrediction", QDQBertForNextSentencePrediction),
+        ("AutoModelForSequenceClassification", QDQBertForSequenceClassification),
+        ("AutoModelForMultipleChoice", QDQBertForMultipleChoice),
+        ("AutoModelForTokenClassification", QDQBertForTokenClassification),
+        ("AutoModelForQuestionAnswering", QDQBertForQuestionAnswering),
+    ):
+        getattr(transformers, auto).register(QDQBertConfig, model, exist_ok=True)
+
+
+_register_auto_classes()
+
 __all__ = [
     "QDQBertConfig",
     "QDQBertPreTrainedModel",

@@ -69,23 +69,22 @@ def register_checkpoint_amax(
 ) -> list[str]:
     """Give every quantizer named in the checkpoint an ``_amax`` buffer of the checkpoint's shape; returns its keys.
 
-    The buffers are placeholders (``torch.empty``) on the model's device, meant to be overwritten at once by
-    ``load_state_dict``/``from_pretrained``. A buffer of another shape is replaced, since the amax shape decides
+    The buffers (Parameters under ``learn_amax``) are zero placeholders on the quantizer's device, meant to be
+    overwritten at once by ``load_state_dict``/``from_pretrained``. A buffer of another shape is replaced, since the amax shape decides
     per-tensor vs per-channel quantization (the checkpoint wins). Keys naming no quantizer are left to the loader,
     which reports them as unexpected.
     """
-    shapes = _checkpoint_amax_shapes(state_dict, checkpoint_files)
-    parameter = next(model.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
     registered = []
-    for key, shape in shapes.items():
+    for key, shape in _checkpoint_amax_shapes(state_dict, checkpoint_files).items():
         quantizer = _find_quantizer(model, key)
         if quantizer is None:
             continue
-        current = quantizer._buffers.get("_amax")
+        current = quantizer.amax
         if current is None or tuple(current.shape) != shape:
-            quantizer._buffers.pop("_amax", None)
-            quantizer.register_buffer("_amax", torch.empty(shape, dtype=torch.float32, device=device))
+            quantizer.amax = None
+            # Explicitly on CPU: from_pretrained builds the model under a meta-device context, where the setter's
+            # finiteness check could not read the value. The quantizer moves it to its own device.
+            quantizer.amax = torch.zeros(shape, dtype=torch.float32, device="cpu")
         registered.append(key)
     return registered
 

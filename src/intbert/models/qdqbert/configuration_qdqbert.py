@@ -70,6 +70,9 @@ class QDQBertConfig(PreTrainedConfig):
     quant_desc_weight: dict | Any | None = None
 
     def __post_init__(self, **kwargs):
+        # A BERT config.json says model_type "bert"; kept as an instance attribute it would be saved again and make
+        # AutoModel load the checkpoint as plain BERT. The class attribute decides.
+        kwargs.pop("model_type", None)
         self._check_fields()
         # {layer: [heads]}; JSON turns the int keys into strings.
         self.pruned_heads = {int(layer): list(heads) for layer, heads in (self.pruned_heads or {}).items()}
