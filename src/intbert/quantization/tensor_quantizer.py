@@ -290,7 +290,10 @@ class TensorQuantizer(nn.Module):
 
     # --------------------------------------------------------- device and state
     def _apply(self, fn, recurse: bool = True):
-        self._device = fn(torch.empty(0, device=self._device)).device
+        try:
+            self._device = fn(torch.empty(0, device=self._device)).device
+        except NotImplementedError:  # leaving the meta device: no data to copy, but the target is known
+            self._device = fn(torch.empty(0)).device
         # Take the amax buffer out so that .half()/.bfloat16() only move it: rounding it to 16 bits
         # and back would change the scale. (A learned amax is a Parameter and follows the module.)
         amax = self._buffers.pop("_amax", None)
