@@ -36,6 +36,8 @@ HISTOGRAM_METHODS = ("percentile", "mse", "entropy")
 
 # "append" grows the bin count without limit; past this many bins a stretch is the right tool.
 _MAX_APPEND_BINS = 1 << 24
+# Divergences closer than this (in nats) are the same up to float rounding; see `_entropy`.
+_KL_TIE = 1e-12
 # Cap on the elements of one (candidates x bins) block in the mse/entropy searches, to bound memory.
 _BLOCK_ELEMENTS = 1 << 22
 
@@ -293,6 +295,9 @@ class HistogramCalibrator(Calibrator):
             infinite = ((h_last == 0) & (P_last > 0)) | (C == 0)
             kl.append(torch.where(infinite, torch.full_like(value, float("inf")), value))
         kl = torch.cat(kl)
-        # Last argmin (TensorRT keeps the widest of equally good ranges).
-        best = kl.numel() - 1 - int(torch.argmin(kl.flip(0)).item())
+        # Ties go to the largest i (TensorRT keeps the widest of equally good ranges). Divergences within
+        # _KL_TIE nats count as ties: the prefix-sum formula sums the same terms in a different order for
+        # each candidate, so an exact tie (e.g. candidates past the last non-empty bin) can differ by ~1e-16.
+        close = kl <= kl.min() + _KL_TIE
+        best = int(torch.nonzero(close).max().item())
         return int(cands[best].item())
