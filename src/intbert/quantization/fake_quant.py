@@ -30,6 +30,8 @@ are 1 or the input's size (per channel, e.g. ``[out, 1]`` for a Linear weight ``
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 __all__ = ["TINY_AMAX", "quant_bounds", "quantize", "dequantize", "fake_tensor_quant", "FakeTensorQuantFunction"]
@@ -78,8 +80,11 @@ def _check_amax(x: torch.Tensor, amax: torch.Tensor) -> None:
         broadcast = None
     if broadcast != x.shape:
         raise ValueError(f"amax of shape {list(amax.shape)} does not broadcast to the input shape {list(x.shape)}")
-    # Data-dependent checks would break tracing (ONNX export); the amax was checked when it was set.
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    # Data-dependent checks would break tracing and compiling (ONNX export); the amax was checked
+    # when it was set. torch.onnx is looked up, not imported: importing it costs ~0.5 s, and an
+    # export in progress has imported it already.
+    onnx = sys.modules.get("torch.onnx")
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or (onnx is not None and onnx.is_in_onnx_export()):
         return
     if bool((amax < 0).any()) or bool(torch.isnan(amax).any()):
         raise ValueError(
