@@ -214,3 +214,11 @@ def test_checkpoint_amax_loads_onto_the_module_device():
     calibrated = TensorQuantizer(if_calib=True).cuda()
     calibrated(torch.randn(10, device="cuda"))
     assert calibrated.load_calib_amax().device.type == "cuda"
+
+
+def test_quantizer_with_descriptor_amax_builds_under_a_meta_device_context():
+    """transformers' from_pretrained builds modules under torch.device('meta')."""
+    with torch.device("meta"):
+        q = TensorQuantizer(QuantDescriptor(amax=2.0))
+        q.amax = 3.0
+    assert q.amax.device.type == "cpu" and q.amax.item() == 3.0

@@ -72,7 +72,7 @@ def test_histogram_methods_use_histograms_for_activations_and_max_for_weights(me
 
 def test_dict_batches_are_passed_as_keywords_and_forward_fn_overrides():
     model = KeywordModel()
-    calibrate_quantizers(model, [{"input_ids": b, "scale": 2.0} for b in BATCHES], progress=False)
+    calibrate_quantizers(model, [{"input_ids": b, "scale": 2.0} for b in BATCHES])  # with the tqdm bar
     assert model.body[0].input_quantizer.amax.item() == 2 * torch.cat(BATCHES).abs().max().item()
     seen = []
     calibrate_quantizers(model, BATCHES, forward_fn=lambda m, b: seen.append(m(input_ids=b)), progress=False)

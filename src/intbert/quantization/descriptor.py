@@ -70,7 +70,8 @@ def _normalize_amax(amax: Any) -> float | list | None:
     if amax is None:
         return None
     try:
-        t = torch.as_tensor(amax, dtype=torch.float32) if not isinstance(amax, torch.Tensor) else amax.detach()
+        # Explicit CPU: a meta-device context (transformers' from_pretrained) would make values unreadable.
+        t = torch.as_tensor(amax, dtype=torch.float32, device="cpu") if not isinstance(amax, torch.Tensor) else amax.detach()
         t = t.to("cpu", torch.float32)
     except (TypeError, ValueError, RuntimeError):
         raise ValueError(f"amax must be a number, a (nested) list of numbers or a tensor, got {amax!r}") from None

@@ -88,7 +88,9 @@ class TensorQuantizer(nn.Module):
         self._device = torch.device("cpu")
         self._warned_dynamic = False
         if quant_desc.amax is not None:
-            self.amax = torch.tensor(quant_desc.amax, dtype=torch.float32)
+            # Explicit CPU: under a `torch.device("meta")` context (transformers' from_pretrained) a plain
+            # torch.tensor would be a meta tensor, whose values cannot be checked.
+            self.amax = torch.tensor(quant_desc.amax, dtype=torch.float32, device="cpu")
 
     def __setattr__(self, name, value):
         # nn.Module.__setattr__ would register an nn.Parameter assigned to `amax` as a new parameter
@@ -143,7 +145,10 @@ class TensorQuantizer(nn.Module):
             self._parameters.pop("_amax", None)
             self._buffers.pop("_amax", None)
             return
-        t = torch.as_tensor(value.detach() if isinstance(value, torch.Tensor) else value, dtype=torch.float32)
+        if isinstance(value, torch.Tensor):
+            t = value.detach().to(torch.float32)
+        else:
+            t = torch.as_tensor(value, dtype=torch.float32, device="cpu")  # CPU even under a meta-device context
         if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
             raise ValueError(f"amax must be finite and >= 0, got {t.tolist()!r}; pass abs(amax) or calibrate again")
         current = self.amax

@@ -44,8 +44,8 @@ _BLOCK_ELEMENTS = 1 << 22
 
 def _covering_width(xmax: float, num_bins: int) -> float:
     """The smallest float32 ``w >= xmax / num_bins``, so that ``num_bins * w >= xmax`` holds exactly."""
-    w = torch.tensor(xmax / num_bins, dtype=torch.float32)
-    inf = torch.tensor(float("inf"), dtype=torch.float32)
+    w = torch.tensor(xmax / num_bins, dtype=torch.float32, device="cpu")
+    inf = torch.tensor(float("inf"), dtype=torch.float32, device="cpu")
     while Fraction(w.item()) * num_bins < Fraction(xmax):
         w = torch.nextafter(w, inf)  # at most a step or two: xmax / num_bins was rounded once
     if not torch.isfinite(w):
