@@ -127,20 +127,30 @@ def dyadic(ratio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     m = round_half_up(mant * 2^31), e = 31 - exp where ratio = mant * 2^exp with mant in [0.5, 1)
     (``frexp``); the reference computes the same with numpy + ``Decimal`` per element. When rounding
     carries the mantissa to 2^31 it is halved and e decremented, so m always fits int32. A ratio
-    of 0 gives m = 0. Ratios must lie in [0, 2^31) (e >= 0); :func:`check_dyadic_range` verifies
-    that where scales are fixed (freeze), since checking here would synchronise with the device.
+    of 0 gives m = 0. Ratios below 2^-32 (e would exceed 63) get e = 63 and
+    m = round_half_up(ratio * 2^63) < 2^30 instead, so m / 2^e stays within 2^-64 of the ratio.
+    Ratios must lie in [0, 2^31) (e >= 0); :func:`check_dyadic_range` verifies that where scales
+    are fixed (freeze), since checking here would synchronise with the device.
     """
     ratio = ratio.double()
     mant, exp = torch.frexp(ratio)
-    # mant * 2^31 is exact in float64 (53-bit mantissa); floor(x + 0.5) is round half up.
-    m = torch.floor(mant * 2.0**DYADIC_MANTISSA_BITS + 0.5).long()
+    # ratio = M * 2^(exp - 53) with the integer M = mant * 2^53 in [2^52, 2^53) (exact: the float64
+    # significand), so m = round_half_up(M / 2^shift) is one exact integer rounding, no float.
+    big = (mant * 2.0**53).long()
     e = DYADIC_MANTISSA_BITS - exp.long()
-    carry = m == 2**DYADIC_MANTISSA_BITS
+    # A ratio below 2^-32 would need e > 63. Clamping e alone would multiply the ratio by 2^(e-63)
+    # (wrong by 8x for an i-GELU scale ~1e-12 into an 8-bit QuantAct, where |q| ~ 2^42). Keep e = 63
+    # and drop ``over`` more mantissa bits instead: m / 2^63 is then within 2^-64 of the ratio.
+    over = (e - DYADIC_MAX_SHIFT).clamp(min=0)
+    e = e - over
+    shift = (53 - DYADIC_MANTISSA_BITS + over).clamp(max=62)  # >= 22; at 62 every M < 2^53 gives 0
+    m = (big + _half(shift)) >> shift  # round half up
+    carry = m == 2**DYADIC_MANTISSA_BITS  # only when over = 0: M / 2^22 rounded up to 2^31
     m = torch.where(carry, m >> 1, m)
     e = torch.where(carry, e - 1, e)
     m = torch.where(ratio == 0, torch.zeros_like(m), m)
     e = torch.where(ratio == 0, torch.zeros_like(e), e)
-    return m, e.clamp(max=DYADIC_MAX_SHIFT)
+    return m, e
 
 
 def check_dyadic_range(ratio: torch.Tensor, what: str) -> None:
@@ -245,9 +255,10 @@ def int_gelu(q: torch.Tensor, b_int: torch.Tensor, c_int: torch.Tensor, one_int:
       erf = sign(q) * ((t + b_int)^2 + c_int) >> 14     (floor; the i-erf polynomial, a < 0)
       out = -q * (erf + one_int)                        (sign folded: S_erf < 0)
 
-    Bounds (int64): |q| is a GEMM accumulator (< 2^31); (t + b)^2 <= b_int^2 and |c_int| ~ 3.5 b_int^2,
-    so |erf + one| <= ~2^-14 * 4.5 b_int^2 + |one|. For S >= 2^-20, b_int < 2^21 and the product
-    stays < 2^62. The bound is checked where the scales are fixed (``IntGELU`` / freeze).
+    Bounds (int64): |q| is a GEMM accumulator (< 2^31); (t + b)^2 <= b_int^2 and |c_int| ~ 1.1 b_int^2,
+    with c_int < 0 < (t + b)^2, so |erf| <= |c_int| / 2^14 and |one| ~ |c_int| / 2^14. For S >= 2^-20,
+    |b_int| < 2^22, |c_int| < 2^43 and |q * (erf + one)| < 2^31 * 2^30 = 2^61 < 2^62. The bound is
+    checked where the scales are fixed (``IntGELU`` / freeze).
     """
     t = torch.minimum(q.abs(), -b_int)
     erf = torch.sign(q) * ((t + b_int) ** 2 + c_int)
@@ -271,7 +282,9 @@ def softmax_constants(scale: torch.Tensor) -> dict[str, torch.Tensor]:
     """
     s = scale.double().reshape(())
     p = torch.ceil(torch.log2(EXP_MIN_INPUT_SCALE / s)).clamp(min=0)
-    # log2 may land one off at exact powers of two: step down while the smaller shift still suffices.
+    # The rounded division and log2 may land one off near powers of two (either way): step up if the
+    # shift is short (s one ulp below 2^-20 gave p = 5), then down if the smaller shift still suffices.
+    p = torch.where(s * 2.0**p < EXP_MIN_INPUT_SCALE, p + 1, p)
     p = torch.where((p > 0) & (s * 2.0 ** (p - 1) >= EXP_MIN_INPUT_SCALE), p - 1, p)
     s = s * 2.0**p
     m, e = dyadic(EXP_A * s * s * 2.0**EXP_FRAC_BITS)
@@ -355,13 +368,25 @@ def isqrt(n: torch.Tensor) -> torch.Tensor:
 def layernorm_shift(q: torch.Tensor) -> torch.Tensor:
     """Smallest right shift s with sum((y >> s)^2) < 2^32 over the last dim, y = q - mean (0-dim int64).
 
-    Uses the reference's rule s = ceil(log2(sqrt(sum y^2 / 2^32))), computed in float64 from the
-    exact integer sum (this runs only while calibrating, never in the integer forward).
+    Starts from the reference's rule s0 = ceil(log2(sqrt(sum y^2 / 2^32))) (float64, from the exact
+    integer sum) and then checks s0-2 .. s0+2 exactly in integers: ``>>`` floors, so a negative y
+    keeps the larger magnitude ceil(|y| / 2^s) and s0 can be one short (sum 2^32 + 5528 at s0 for a
+    C = 768 row), and float rounding near powers of two can move s0 by one either way. s0 + 1 always
+    suffices: sum((|y| >> s)^2) <= V/4^s + 2 sqrt(C V)/2^s + C < 2^30 + 2^16 sqrt(C) + C < 2^32.
+    The predicate is monotone in s, so the smallest passing candidate is the answer. Runs only while
+    calibrating, never in the integer forward; tensor ops only (no host synchronisation).
     """
     y = q - _row_mean(q)
     var = (y * y).sum(dim=-1).double()
-    need = torch.ceil(torch.log2(torch.sqrt(var / 2.0**LN_VAR_BITS).clamp(min=1e-30))).clamp(min=0)
-    return need.max().long()
+    est = torch.ceil(torch.log2(torch.sqrt(var / 2.0**LN_VAR_BITS).clamp(min=1e-30))).clamp(min=0)
+    est = est.max().long()
+    best = est + 2
+    for d in (1, 0, -1, -2):  # descending: the last candidate that passes is the smallest
+        s = (est + d).clamp(min=0)
+        ys = y >> s
+        ok = ((ys * ys).sum(dim=-1) < 2**LN_VAR_BITS).all()
+        best = torch.where(ok, s, best)
+    return best
 
 
 def _row_mean(q: torch.Tensor) -> torch.Tensor:
