@@ -611,8 +611,7 @@ def _ln_row_oracle(q: list[int], shift: int, sign: list[int], bias: list[int]) -
     y = [v - mean for v in q]
     var = sum((v >> shift) ** 2 for v in y)
     std = max(math.isqrt(var) << shift, 1)
-    factor = 2**31 // std
-    return [max(INT32_MIN, min(INT32_MAX, sg * (((v * factor) >> 1) + bi))) for v, sg, bi in zip(y, sign, bias)]
+    return [max(INT32_MIN, min(INT32_MAX, sg * (((v << 30) // std) + bi))) for v, sg, bi in zip(y, sign, bias)]
 
 
 def _shift_oracle(rows: list[list[int]]) -> int:

@@ -59,6 +59,9 @@ GELU_A = -0.2888
 GELU_B = -1.769
 GELU_SHIFT = 14  # the reference's ``const``: the erf polynomial is shifted right by 14 bits
 GELU_C_OVER_A = 1.0 / GELU_A  # the reference's coeff[2] /= coeff[0]: c/a with c = 1
+#: Bound on |i-GELU output| (2^47) for input scales >= GELU_MIN_INPUT_SCALE; see int_gelu.
+GELU_OUTPUT_BITS = 47
+GELU_MIN_INPUT_SCALE = 2.0**-20
 
 # i-exp (paper Alg. 3) constants, as in the reference implementation. The paper prints
 # L(p) = 0.3585 (p + 1.353)^2 + 0.344; the reference code uses a*((p + b) p + c) with the values
@@ -113,7 +116,8 @@ def to_int(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """
     if x.dtype != torch.float64:
         x = x.float()
-    return torch.round(x / scale.to(x.dtype)).long()
+    # Clamped to the int32 range: beyond it the value was never a simulated integer of this scale.
+    return torch.round(x / scale.to(x.dtype)).clamp_(INT32_MIN + 1, INT32_MAX).long()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,12 +177,16 @@ def _round_shift(v: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     return (v + _half(e)) >> e
 
 
-def requantize(q: torch.Tensor, m: torch.Tensor, e: torch.Tensor, num_bits: int) -> torch.Tensor:
+#: Inputs of :func:`requantize` narrower than this many bits take the direct path (|q*m| < 2^62).
+REQUANT_NARROW_BITS = 31
+
+
+def requantize(q: torch.Tensor, m: torch.Tensor, e: torch.Tensor, num_bits: int, input_bits: int = 32) -> torch.Tensor:
     """y = clamp(round_half_up(q * m / 2^e), -2^(b-1), 2^(b-1)-1) for int64 q and a dyadic (m, e).
 
-    (m, e) broadcast against q (per-channel multipliers on the last dim); m in [0, 2^31). Exact for
-    |q| < 2^47:
-    * |q| < 2^31: |q*m| < 2^62 fits int64 directly.
+    (m, e) broadcast against q (per-channel multipliers on the last dim); m in [0, 2^31).
+    ``input_bits`` is the caller's bound on q (|q| < 2^input_bits, 47 at most):
+    * |q| <= 2^31: |q*m| < 2^62 fits int64 directly.
     * wider q (i-GELU outputs, up to ~2^44): q = qh*2^16 + ql with 0 <= ql < 2^16, so
       q*m = (qh*m)*2^16 + ql*m with |qh*m| < 2^62, and for e >= 16
       floor((A*2^16 + X) / 2^e) = floor((A + floor(X / 2^16)) / 2^(e-16)), X = ql*m + 2^(e-1) < 2^63.
@@ -188,6 +196,8 @@ def requantize(q: torch.Tensor, m: torch.Tensor, e: torch.Tensor, num_bits: int)
     lo, hi = qrange(num_bits)
     m = m.to(q.device)
     e = e.to(q.device)
+    if input_bits <= REQUANT_NARROW_BITS:
+        return _round_shift(q * m, e).clamp_(lo, hi)
     direct = _round_shift(q.clamp(INT32_MIN + 1, INT32_MAX) * m, e)
     low = ((q & 0xFFFF) * m + _half(e)) >> 16
     split = ((q >> 16) * m + low) >> (e - 16).clamp(min=0)
@@ -422,13 +432,15 @@ def int_layernorm(q: torch.Tensor, shift: torch.Tensor, sign: torch.Tensor, bias
       y    = q - round_half_up(mean q)                   (|y| < 2^23)
       var  = sum((y >> shift)^2)                         (< C * 2^46, exact in int64)
       std  = max(isqrt(var) << shift, 1)                 (max(., 1): a constant row gives 0, not NaN: fix (e))
-      n    = (y * floor(2^31 / std)) >> 1                (~ y / std * 2^30; |y * factor| < 2^54)
+      n    = (y * 2^30) // std                           (~ y / std * 2^30; |y * 2^30| < 2^53)
       out  = clamp(sign * (n + bias_int), int32)         (scale S_out from layernorm_constants)
+
+    The reference computes n as floor(y * floor(2^31 / std) / 2), whose inner floor has a relative
+    error up to std / 2^31 (2.6% for 22-bit rows of C = 768); one floor division is exact.
     """
     y = q - _row_mean(q)
     ys = y >> shift
     var = (ys * ys).sum(dim=-1, keepdim=True)
     std = (isqrt(var) << shift).clamp(min=1)
-    factor = torch.div(torch.full_like(std, 2**31), std, rounding_mode="floor")
-    n = (y * factor) >> 1
+    n = torch.div(y << LN_OUTPUT_FRAC_BITS, std, rounding_mode="floor")
     return (sign * (n + bias_int)).clamp_(INT32_MIN, INT32_MAX)

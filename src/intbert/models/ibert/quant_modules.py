@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...errors import UncalibratedError
+from ...errors import OverflowRiskError, UncalibratedError
 from ...quantization import intops
 
 FORCE_DEQUANT_CHOICES = ("none", "gelu", "softmax", "layernorm", "nonlinear")
@@ -45,18 +45,29 @@ def _version(t: torch.Tensor) -> int | None:
     return None if t.is_inference() else t._version
 
 
-def attach_ints(value: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Record the exact integers of ``value`` (= q * S) on the tensor itself."""
-    value._intbert_q = (q, _version(value))
+def attach_ints(value: torch.Tensor, q: torch.Tensor, bits: int = intops.REQUANT_NARROW_BITS) -> torch.Tensor:
+    """Record the exact integers of ``value`` (= q * S) on the tensor itself, with their bound |q| < 2^bits."""
+    value._intbert_q = (q, _version(value), bits)
     return value
+
+
+def _attached(x: torch.Tensor):
+    tag = getattr(x, "_intbert_q", None)
+    if tag is not None and tag[1] == _version(x) and tag[0].shape == x.shape:
+        return tag
+    return None
 
 
 def ints_of(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """The exact integers of a simulated tensor: the attached ones, else round_half_even(x / S)."""
-    tag = getattr(x, "_intbert_q", None)
-    if tag is not None and tag[1] == _version(x) and tag[0].shape == x.shape:
-        return tag[0]
-    return intops.to_int(x.detach(), scale)
+    tag = _attached(x)
+    return tag[0] if tag is not None else intops.to_int(x.detach(), scale)
+
+
+def int_bits_of(x: torch.Tensor) -> int:
+    """The bound 2^bits on |integers of x|: what the producing module attached, else int32 (to_int clamps)."""
+    tag = _attached(x)
+    return tag[2] if tag is not None else intops.REQUANT_NARROW_BITS
 
 
 def straight_through(value: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
@@ -78,20 +89,38 @@ def _as_scale(scale, like: torch.Tensor) -> torch.Tensor:
 
 
 class _WeightCache:
-    """Re-quantize a weight only when it changed (its version counter moved), not on every forward.
+    """Re-quantize a weight only when it may have changed, not on every forward.
 
     The reference re-quantizes every weight (38.6 M embedding entries for RoBERTa) on every call.
+    Here the integers are recomputed when the module trains with gradients (QAT: every step), and
+    otherwise only when a parameter's storage or version counter moved (``load_state_dict``,
+    ``.to()``, optimizer steps, in-place edits under no_grad). Writes through ``.data`` bypass the
+    version counter: call the module's ``train()``/``eval()`` afterwards (it clears the cache).
     """
 
     def __init__(self):
         self.key = None
 
-    def stale(self, *params: torch.Tensor | None) -> bool:
+    def stale(self, module: nn.Module, *params: torch.Tensor | None) -> bool:
+        if module.training and torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params):
+            self.key = None
+            return True
         key = tuple((p.data_ptr(), p._version, p.device) for p in params if p is not None)
         if key == self.key:
             return False
         self.key = key
         return True
+
+    def clear(self) -> None:
+        self.key = None
+
+
+class _CachedWeightMixin:
+    """Clears the weight cache on train()/eval() so that ``.data`` writes are picked up there."""
+
+    def train(self, mode: bool = True):
+        self._cache.clear()
+        return super().train(mode)
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,7 +128,7 @@ class _WeightCache:
 # --------------------------------------------------------------------------------------------
 
 
-class QuantEmbedding(nn.Module):
+class QuantEmbedding(_CachedWeightMixin, nn.Module):
     """Embedding with a symmetric per-tensor ``weight_bit`` quantized table.
 
     forward(x) -> (embeddings, scale); scale is None when not quantizing. ``momentum`` and ``_weight``
@@ -147,7 +176,7 @@ class QuantEmbedding(nn.Module):
 
     def quantized_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(integer table, scale): S = max|W| / (2^(b-1)-1), q = round_half_even(W / S) in [-(2^(b-1)-1), 2^(b-1)-1]."""
-        if self._cache.stale(self.weight):
+        if self._cache.stale(self, self.weight):
             with torch.no_grad():
                 w = self.weight.detach()
                 scale = intops.symmetric_scale(self.weight_bit, w.min().reshape(1), w.max().reshape(1))
@@ -280,7 +309,7 @@ class QuantAct(nn.Module):
             return q.clamp(intops.INT32_MIN, intops.INT32_MAX).long()
         s_t = _as_scale(s_t, t)
         m, e = intops.dyadic(s_t.double() / scale.double())
-        return intops.requantize(ints_of(t, s_t), m, e, 32)
+        return intops.requantize(ints_of(t, s_t), m, e, 32, input_bits=int_bits_of(t))
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,7 +336,7 @@ class _STELinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
-class QuantLinear(nn.Module):
+class QuantLinear(_CachedWeightMixin, nn.Module):
     """Linear layer on integers: int8 input x int(weight_bit) weight, int32 bias, exact accumulation.
 
     S_w = max|W_row| / (2^(wb-1)-1) per output row (or per tensor), q_w = round_half_even(W / S_w) in the
@@ -344,7 +373,7 @@ class QuantLinear(nn.Module):
 
     def quantized_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(integer weight [out, in], per-row scale [out]); recomputed only when the weight changed."""
-        if self._cache.stale(self.weight):
+        if self._cache.stale(self, self.weight):
             with torch.no_grad():
                 w = self.weight.detach()
                 if self.per_channel:
@@ -381,7 +410,8 @@ class QuantLinear(nn.Module):
             if self.bias is not None:
                 b_int = intops.quantize(self.bias.detach(), s_b, self.bias_bit).clamp(intops.INT32_MIN, intops.INT32_MAX)
                 self.bias_integer = b_int.to(torch.int32)
-                acc = acc + b_int
+                # An int32 accumulator: saturate rather than wrap (reachable only with an absurd bias / scale).
+                acc = (acc + b_int).clamp_(intops.INT32_MIN + 1, intops.INT32_MAX)
         value = acc.to(x.dtype) * s_b
         if _needs_grad(x, self.weight, self.bias):
             value = _STELinear.apply(x, self.weight, self.bias, value)
@@ -405,6 +435,7 @@ class IntGELU(nn.Module):
         check_force_dequant(force_dequant)
         self.quant_mode = quant_mode and force_dequant not in ("nonlinear", "gelu")
         self.activation_fn = nn.GELU()
+        self._bounds_checked = False
         self.k = intops.GELU_SQRT2
         self.const = intops.GELU_SHIFT
         self.coeff = [intops.GELU_A, intops.GELU_B, 1.0]
@@ -413,12 +444,20 @@ class IntGELU(nn.Module):
         if not self.quant_mode:
             return self.activation_fn(x), None
         scale = _as_scale(scaling_factor, x)
+        if self.training or not self._bounds_checked:
+            # One host sync; in eval the input scale is fixed, so the first forward checks it for good.
+            if bool((scale < intops.GELU_MIN_INPUT_SCALE).any()):
+                raise OverflowRiskError(
+                    f"IntGELU input scale {scale.min().item():.3g} is below {intops.GELU_MIN_INPUT_SCALE:.3g}: "
+                    "the i-GELU integers could overflow int64; widen the input range or use force_dequant='gelu'"
+                )
+            self._bounds_checked = not self.training
         b_int, c_int, one_int, s_out = intops.gelu_constants(scale)
         with torch.no_grad():
             q = intops.int_gelu(ints_of(x, scale), b_int, c_int, one_int)
         value = q.to(x.dtype) * s_out
         reference = self.activation_fn(x) if _needs_grad(x) else None
-        return attach_ints(straight_through(value, reference), q), s_out
+        return attach_ints(straight_through(value, reference), q, intops.GELU_OUTPUT_BITS), s_out
 
 
 class IntSoftmax(nn.Module):

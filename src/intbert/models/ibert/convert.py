@@ -1,0 +1,80 @@
+"""Convert a BERT checkpoint (e.g. all-MiniLM-L6-v2) to I-BERT.
+
+BERT and I-BERT share every weight name; they differ in positions. BERT numbers tokens 0, 1, 2, ...
+while I-BERT (RoBERTa) numbers them padding_idx + 1, + 2, ... and gives pad tokens padding_idx. With
+padding_idx = 0 (BERT's pad id), BERT position p becomes I-BERT row p + 1: the table is shifted down
+one row, a zero row 0 is added for padding, and max_position_embeddings grows by one. Non-pad tokens
+then see exactly BERT's embeddings; pad tokens (masked out of attention) see the zero row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import BertConfig, BertModel
+
+from .configuration_ibert import IBertConfig
+from .modeling_ibert import IBertModel
+
+# Transformers' BERT keys with no I-BERT counterpart (buffers, not weights).
+_IGNORED_BERT_KEYS = ("embeddings.position_ids",)
+
+
+def ibert_config_from_bert(config: BertConfig, **overrides) -> IBertConfig:
+    if config.hidden_act != "gelu":
+        raise ValueError(f"only GELU BERTs convert to I-BERT (i-GELU), this one uses {config.hidden_act!r}")
+    if getattr(config, "position_embedding_type", "absolute") != "absolute":
+        raise ValueError("only absolute position embeddings convert to I-BERT")
+    fields = dict(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        intermediate_size=config.intermediate_size,
+        hidden_act="gelu",
+        hidden_dropout_prob=config.hidden_dropout_prob,
+        attention_probs_dropout_prob=config.attention_probs_dropout_prob,
+        max_position_embeddings=config.max_position_embeddings + 1,
+        type_vocab_size=config.type_vocab_size,
+        initializer_range=config.initializer_range,
+        layer_norm_eps=config.layer_norm_eps,
+        pad_token_id=0,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    fields.update(overrides)
+    return IBertConfig(**fields)
+
+
+def bert_to_ibert(bert: BertModel | str | Path, **config_overrides) -> IBertModel:
+    """An ``IBertModel`` with the weights of a BERT model (or a local BERT checkpoint folder).
+
+    ``config_overrides`` go to IBertConfig, e.g. ``quant_mode=True``. Every tensor is checked for its
+    key and shape, as nanoGPT's from_pretrained does.
+    """
+    if not isinstance(bert, BertModel):
+        path = Path(bert)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is not a BERT checkpoint folder (no config.json)")
+        bert = BertModel.from_pretrained(path, add_pooling_layer=True)
+    config = ibert_config_from_bert(bert.config, **config_overrides)
+    model = IBertModel(config, add_pooling_layer=bert.pooler is not None)
+    source = {k: v for k, v in bert.state_dict().items() if k not in _IGNORED_BERT_KEYS}
+    target = model.state_dict()
+    with torch.no_grad():
+        for key, value in source.items():
+            if key not in target:
+                raise KeyError(f"BERT weight {key!r} has no I-BERT counterpart")
+            if key == "embeddings.position_embeddings.weight":
+                # BERT position p -> I-BERT row p + 1; row 0 is the padding position.
+                value = torch.cat([torch.zeros_like(value[:1]), value], dim=0)
+            if target[key].shape != value.shape:
+                raise ValueError(f"{key}: BERT shape {tuple(value.shape)} vs I-BERT {tuple(target[key].shape)}")
+            target[key].copy_(value)
+    floats = {k for k, v in target.items() if v.is_floating_point() and k.endswith(("weight", "bias"))}
+    floats -= {k for k in floats if ".activation." in k}
+    missing = {k for k in floats if k not in source}
+    if missing:
+        raise KeyError(f"I-BERT weights with no BERT source: {sorted(missing)[:5]}")
+    return model.eval()
