@@ -124,7 +124,7 @@ def test_quant_embedding_gradient_is_straight_through():
 
 
 def test_quant_embedding_requantizes_after_in_place_weight_change():
-    emb = _embedding()
+    emb = _embedding().eval()  # eval: cached between changes
     emb(torch.tensor(0))
     first = emb.weight_integer
     emb(torch.tensor(1))
@@ -405,7 +405,7 @@ def test_quant_linear_gradients_equal_float_linear(bias):
 
 
 def test_quant_linear_requantizes_only_after_weight_changes():
-    lin = _linear(True)
+    lin = _linear(True).eval()  # eval: cached between changes (training with gradients re-quantizes every call)
     lin(X_LIN, torch.tensor([1.0]))
     w_int, s_w = lin.weight_integer, lin.fc_scaling_factor
     lin(X_LIN, torch.tensor([1.0]))
