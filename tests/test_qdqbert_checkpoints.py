@@ -165,3 +165,13 @@ def test_loading_amax_for_an_unknown_quantizer_is_reported():
     with pytest.raises(RuntimeError, match="layer.9"):
         load_qdq_state_dict(model, state, strict=True)
     assert isinstance(model.encoder.layer[0].output.add_local_input_quantizer, TensorQuantizer)
+
+
+def test_a_model_from_pretrained_can_be_calibrated_and_run(tmp_path):
+    """from_pretrained builds under the meta device; new amax buffers must still land on the weights' device."""
+    torch.manual_seed(0)
+    BertModel(BertConfig(**FIELDS)).save_pretrained(tmp_path)
+    model = QDQBertModel.from_pretrained(tmp_path).eval()
+    calibrate_qdq(model, [batch()], method="max", progress=False)
+    assert {v.device.type for v in amaxes(model).values()} == {"cpu"}
+    assert torch.isfinite(model(**batch(1)).last_hidden_state).all()

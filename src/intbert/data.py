@@ -73,3 +73,28 @@ def minilm_path() -> Path:
     if not (path / "config.json").is_file():
         raise MissingDataPackageError(f"{path} has no config.json; reinstall with: {_MINILM_PIP}")
     return path
+
+
+def tokenized_batches(tokenizer, sentences: list[str], batch_size: int = 32, max_length: int = 128) -> list[dict]:
+    """Model inputs in fixed order, each batch padded to its own longest sentence (no shuffling: reproducible)."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be > 0, got {batch_size}")
+    return [
+        dict(tokenizer(sentences[i : i + batch_size], padding=True, truncation=True, max_length=max_length,
+                       return_tensors="pt"))
+        for i in range(0, len(sentences), batch_size)
+    ]  # fmt: skip
+
+
+def mean_pooled_embeddings(model, batches: list[dict]):
+    """Sentence embeddings as sentence-transformers makes them for all-MiniLM-L6-v2: the mask-weighted mean of the
+    last hidden states (its ``1_Pooling/config.json`` says ``pooling_mode_mean_tokens``), without normalisation."""
+    import torch
+
+    pooled = []
+    with torch.no_grad():
+        for batch in batches:
+            hidden = model(**batch).last_hidden_state  # (B, S, H)
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, S, 1)
+            pooled.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1))
+    return torch.cat(pooled)

@@ -2,7 +2,7 @@
 
 from intbert.models.qdqbert.checkpoint import load_qdq_state_dict, register_checkpoint_amax
 from intbert.models.qdqbert.configuration_qdqbert import QDQBertConfig
-from intbert.models.qdqbert.helpers import calibrate_qdq, clip_gelu, fuse_qkv
+from intbert.models.qdqbert.helpers import calibrate_qdq, clip_gelu, fuse_qkv, recompute_amax
 from intbert.models.qdqbert.modeling_qdqbert import (
     QDQBertForMaskedLM,
     QDQBertForMultipleChoice,
@@ -53,6 +53,7 @@ __all__ = [
     "calibrate_qdq",
     "clip_gelu",
     "fuse_qkv",
+    "recompute_amax",
     "load_qdq_state_dict",
     "register_checkpoint_amax",
 ]

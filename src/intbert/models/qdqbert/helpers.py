@@ -124,4 +124,31 @@ def calibrate_qdq(
         model.train(was_training)
 
 
-__all__ = ["CALIBRATION_METHODS", "UncalibratedQuantizerError", "calibrate_qdq", "clip_gelu", "fuse_qkv"]
+def recompute_amax(model: nn.Module, method: str, percentile: float = 99.99) -> int:
+    """Re-read the histograms of the last histogram calibration with another method; no new forward passes.
+
+    After ``calibrate_qdq(..., method="percentile" | "mse" | "entropy")`` every activation quantizer keeps its
+    histogram, so comparing methods costs one data pass, not one per method. Weight quantizers (max of the
+    weight) are left as they are. Returns the number of quantizers updated.
+
+    Raises:
+        ValueError: ``method`` is not a histogram method.
+        UncalibratedQuantizerError: no quantizer holds a histogram (calibrate with a histogram method first).
+    """
+    if method not in CALIBRATION_METHODS[1:]:
+        raise ValueError(f"method={method!r} cannot be read from a histogram; use one of {CALIBRATION_METHODS[1:]}")
+    from intbert.quantization.calib import HistogramCalibrator
+
+    updated = 0
+    for module in model.modules():
+        if isinstance(module, TensorQuantizer) and isinstance(module.calibrator, HistogramCalibrator):
+            if module.calibrator.histogram is not None:
+                module.load_calib_amax(method, percentile=percentile)
+                updated += 1
+    if not updated:
+        raise UncalibratedQuantizerError("no quantizer holds a histogram; run calibrate_qdq with a histogram method")
+    return updated
+
+
+__all__ = ["CALIBRATION_METHODS", "UncalibratedQuantizerError", "calibrate_qdq", "clip_gelu", "fuse_qkv",
+           "recompute_amax"]

@@ -474,7 +474,18 @@ class QDQBertPreTrainedModel(PreTrainedModel):
         # transformers 5.x (modeling_utils.PreTrainedModel._load_pretrained_model); tests/test_qdqbert_checkpoints.py
         # fails if it changes.
         register_checkpoint_amax(model, state_dict=state_dict, checkpoint_files=checkpoint_files)
-        return PreTrainedModel._load_pretrained_model(model, state_dict, checkpoint_files, load_config, *args, **kwargs)
+        result = PreTrainedModel._load_pretrained_model(model, state_dict, checkpoint_files, load_config, *args, **kwargs)
+        # Workaround: a TensorQuantizer records the device a future amax goes to (`_device`) in `.to()`, and
+        # QuantLinear moves its quantizers to the weight's device at construction, which from_pretrained does under
+        # the meta device; the loader then assigns weights without `.to()`, so the record stays "meta" and the first
+        # calibration would create amax buffers with no data. Point it at the loaded weights' device. Remove once
+        # intbert.quantization places a new amax by the data it was computed from.
+        parameter = next(model.parameters(), None)
+        if parameter is not None and parameter.device.type != "meta":
+            for module in model.modules():
+                if isinstance(module, TensorQuantizer):
+                    module._device = parameter.device
+        return result
 
     def prune_heads(self, heads_to_prune: dict[int, list[int]]) -> None:
         """Prune heads per layer, ``{layer: [heads]}``, keeping every quantizer; recorded in ``config.pruned_heads``."""
