@@ -197,12 +197,9 @@ def test_head_outputs_have_documented_shapes_and_loss(name, quant):
         assert getattr(out, "loss", None) is None
 
 
-# Heads built on IBertModel(add_pooling_layer=False) return ``(logits,) + out[2:]`` of a ModelOutput, whose tuple view
-# skips the None pooler_output, so index 2 is already past the hidden states.
-TUPLE_BUG = pytest.mark.xfail(strict=True, reason="return_dict=False drops hidden_states: out[2:] of a ModelOutput "
-                                                  "whose pooler_output is None")
-TUPLE_HEADS = [pytest.param(n, marks=TUPLE_BUG) if n not in ("model", "model_no_pooler", "multiple_choice") else n
-               for n in HEADS]
+# Regression: heads without a pooler once returned ``(logits,) + out[2:]`` of a ModelOutput, whose tuple view skips
+# the None pooler_output, so the hidden states were dropped.
+TUPLE_HEADS = list(HEADS)
 
 
 @pytest.mark.parametrize("quant", [False, True], ids=["float", "quant"])
@@ -515,7 +512,6 @@ def test_calibrate_with_no_batches_raises():
         calibrate_ibert(build(IBertModel, tiny_config(True)), [])
 
 
-@pytest.mark.xfail(strict=True, reason="calibrate_ibert resets every range before it finds that there are no batches")
 def test_failed_calibration_leaves_a_calibrated_model_unchanged():
     model = calibrated(build(IBertModel, tiny_config(True)))
     before = {k: v.clone() for k, v in model.state_dict().items()}

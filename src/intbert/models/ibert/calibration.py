@@ -37,22 +37,25 @@ def calibrate_ibert(
     if not any(m.quant_mode for m in acts):
         raise ValueError("calibrate needs a quant-mode I-BERT: build it with config.quant_mode=True")
     norms = [m for m in model.modules() if isinstance(m, IntLayerNorm)]
+    # Snapshot the state calibration writes, so a failure (no batches, a bad batch) leaves the model as it was.
+    saved = {m: (m.x_min.clone(), m.x_max.clone(), m.act_range_momentum) for m in acts}
+    saved_shift = {n: n.shift.clone() for n in norms}
     was_training = model.training
-    saved_momentum = {m: m.act_range_momentum for m in acts}
-    with torch.no_grad():
-        for m in acts:
-            m.x_min.fill_(-RANGE_SENTINEL)
-            m.x_max.fill_(RANGE_SENTINEL)
-            m._calibrated = None
-            m.act_range_momentum = -1 if method == "minmax" else momentum
-        for n in norms:
-            n.shift.zero_()
-    model.train()
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.eval()
-    seen = 0
+    ok = False
     try:
+        with torch.no_grad():
+            for m in acts:
+                m.x_min.fill_(-RANGE_SENTINEL)
+                m.x_max.fill_(RANGE_SENTINEL)
+                m._calibrated = None
+                m.act_range_momentum = -1 if method == "minmax" else momentum
+            for n in norms:
+                n.shift.zero_()
+        model.train()
+        for m in model.modules():
+            if isinstance(m, nn.Dropout):
+                m.eval()
+        seen = 0
         with torch.no_grad():
             for batch in tqdm(batches, desc="calibrate", disable=not progress):
                 if forward_fn is not None:
@@ -62,10 +65,19 @@ def calibrate_ibert(
                 else:
                     model(batch)
                 seen += 1
+        if seen == 0:
+            raise ValueError("calibrate got no batches; pass at least one batch of representative inputs")
+        ok = True
     finally:
-        for m, mom in saved_momentum.items():
-            m.act_range_momentum = mom
+        with torch.no_grad():
+            for m, (x_min, x_max, mom) in saved.items():
+                m.act_range_momentum = mom
+                if not ok:
+                    m.x_min.copy_(x_min)
+                    m.x_max.copy_(x_max)
+                    m._calibrated = None
+            if not ok:
+                for n, shift in saved_shift.items():
+                    n.shift.copy_(shift)
         model.train(was_training)
-    if seen == 0:
-        raise ValueError("calibrate got no batches; pass at least one batch of representative inputs")
     return model

@@ -519,13 +519,18 @@ def _encode(model, input_ids, attention_mask, token_type_ids, position_ids, head
                  output_hidden_states=output_hidden_states, return_dict=True)
 
 
+def _extras(out) -> tuple:
+    """hidden_states / attentions that were asked for, for return_dict=False tuples."""
+    return tuple(v for v in (out.hidden_states, out.attentions) if v is not None)
+
+
 def _as_tuple(loss, outputs: tuple):
     return ((loss,) + outputs) if loss is not None else outputs
 
 
 class IBertForMaskedLM(IBertPreTrainedModel):
     _tied_weights_keys = {
-        "lm_head.decoder.weight": "ibert.embeddings.word_embeddings.weight",
+        "lm_head.decoder.weight": "ibert.embeddings.word_embeddings.weight$",  # $: not weight_integer / weight_scaling_factor
         "lm_head.decoder.bias": "lm_head.bias",
     }
 
@@ -553,7 +558,7 @@ class IBertForMaskedLM(IBertPreTrainedModel):
         if labels is not None:
             loss = CrossEntropyLoss()(logits.view(-1, self.config.vocab_size), labels.to(logits.device).view(-1))
         if not return_dict:
-            return _as_tuple(loss, (logits,) + out[2:])
+            return _as_tuple(loss, (logits,) + _extras(out))
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
 
@@ -592,7 +597,7 @@ class IBertForSequenceClassification(IBertPreTrainedModel):
         logits = self.classifier(out.last_hidden_state)  # (B, num_labels)
         loss = sequence_classification_loss(self.config, logits, labels) if labels is not None else None
         if not return_dict:
-            return _as_tuple(loss, (logits,) + out[2:])
+            return _as_tuple(loss, (logits,) + _extras(out))
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
 
@@ -618,7 +623,7 @@ class IBertForMultipleChoice(IBertPreTrainedModel):
         logits = self.classifier(self.dropout(out.pooler_output)).view(-1, num_choices)  # (B, C)
         loss = CrossEntropyLoss()(logits, labels.to(logits.device)) if labels is not None else None
         if not return_dict:
-            return _as_tuple(loss, (logits,) + out[2:])
+            return _as_tuple(loss, (logits,) + _extras(out))
         return MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
 
@@ -642,7 +647,7 @@ class IBertForTokenClassification(IBertPreTrainedModel):
         if labels is not None:
             loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.to(logits.device).view(-1))
         if not return_dict:
-            return _as_tuple(loss, (logits,) + out[2:])
+            return _as_tuple(loss, (logits,) + _extras(out))
         return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
 
@@ -670,7 +675,7 @@ class IBertForQuestionAnswering(IBertPreTrainedModel):
             ce = CrossEntropyLoss(ignore_index=ignored)
             loss = (ce(start_logits, start) + ce(end_logits, end)) / 2
         if not return_dict:
-            return _as_tuple(loss, (start_logits, end_logits) + out[2:])
+            return _as_tuple(loss, (start_logits, end_logits) + _extras(out))
         return QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
                                             hidden_states=out.hidden_states, attentions=out.attentions)
 
