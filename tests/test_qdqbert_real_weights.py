@@ -60,6 +60,66 @@ def test_minilm_with_quantizers_disabled_equals_bert(tokenizer, float_bert):
     torch.testing.assert_close(got.pooler_output, expected.pooler_output, rtol=0, atol=PARITY_ATOL)
 
 
+def test_max_calibration_matches_an_independent_max_of_the_float_activations(tokenizer, float_bert):
+    """Every activation amax of a max calibration is max |x| of the float BertModel's tensor at that Q/DQ point.
+
+    The reference is taken with hooks on transformers' BertModel (not on QDQBERT), so a quantizer at the wrong place,
+    on the wrong tensor, calibrated in the wrong state or with a wrong reduction fails here; and every weight amax is
+    the per-row max of its weight, shape [out, 1].
+    """
+    calib = tokenized_batches(tokenizer, sorted(rotten_tomatoes_sentences(64), key=len))
+    seen: dict[str, torch.Tensor] = {}
+
+    def record(name, x):
+        a = x.detach().abs().amax()
+        seen[name] = torch.maximum(seen.get(name, a), a)
+
+    hooks = []
+    for i, layer in enumerate(float_bert.encoder.layer):
+        p = f"encoder.layer.{i}."
+        for lin, name in ((layer.attention.self.query, "attention.self.query"), (layer.attention.self.key,
+                          "attention.self.key"), (layer.attention.self.value, "attention.self.value"),
+                          (layer.attention.output.dense, "attention.output.dense"),
+                          (layer.intermediate.dense, "intermediate.dense"), (layer.output.dense, "output.dense")):
+            hooks.append(lin.register_forward_hook(
+                lambda m, args, out, n=p + name: record(n + "._input_quantizer", args[0]) or record(n + ".out", out)))
+    try:
+        with torch.no_grad():
+            for batch in calib:
+                probs = float_bert(**batch, output_attentions=True).attentions
+                for i, a in enumerate(probs):
+                    record(f"encoder.layer.{i}.attention.self.matmul_a_input_quantizer", a)
+    finally:
+        for h in hooks:
+            h.remove()
+    # The other points read tensors that the hooks saw under another name.
+    same = {"attention.self.matmul_q_input_quantizer": "attention.self.query.out",
+            "attention.self.matmul_k_input_quantizer": "attention.self.key.out",
+            "attention.self.matmul_v_input_quantizer": "attention.self.value.out",
+            "attention.output.add_local_input_quantizer": "attention.output.dense.out",
+            "attention.output.add_residual_input_quantizer": "attention.self.query._input_quantizer",
+            "output.add_local_input_quantizer": "output.dense.out",
+            "output.add_residual_input_quantizer": "intermediate.dense._input_quantizer"}
+    for i in range(len(float_bert.encoder.layer)):
+        for ours, theirs in same.items():
+            seen[f"encoder.layer.{i}.{ours}"] = seen[f"encoder.layer.{i}.{theirs}"]
+
+    model = QDQBertModel.from_pretrained(minilm_path()).eval()
+    calibrate_qdq(model, calib, method="max", progress=False)
+    checked = 0
+    for name, q in model.named_modules():
+        if not isinstance(q, TensorQuantizer):
+            continue
+        if name.endswith("_weight_quantizer"):
+            weight = model.get_submodule(name.rsplit(".", 1)[0]).weight
+            torch.testing.assert_close(q.amax, weight.detach().abs().amax(1, keepdim=True), rtol=0, atol=0)
+        else:
+            assert q.amax.dim() == 0, name
+            torch.testing.assert_close(q.amax, seen[name], rtol=1e-5, atol=1e-6, msg=name)
+        checked += 1
+    assert checked == 6 * 20
+
+
 def test_best_calibration_keeps_sentence_embeddings_close_to_float(tokenizer, float_bert):
     """Calibrate on 256 snippets, embed other snippets; the best of the four methods must reach mean cosine 0.99.
 
