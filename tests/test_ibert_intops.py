@@ -293,7 +293,7 @@ def test_requantize_wide_input_with_tiny_ratio_from_dyadic():
 
 
 def _ref_matmul(a, b):
-    return torch.matmul(a.long(), b.long())  # int64 matmul on CPU: exact
+    return torch.matmul(a.long(), b.long()).int()  # int64 matmul on CPU: exact; compared as int32
 
 
 @pytest.mark.parametrize("K", list(AWKWARD_SIZES) + [1024, 1025, 3072, 4096])
@@ -302,7 +302,7 @@ def test_int_matmul_exact_for_worst_case_constant_inputs(K, fill):
     a = torch.full((3, K), fill[0], dtype=torch.int64)
     b = torch.full((K, 2), fill[1], dtype=torch.int64)
     got = I.int_matmul(a, b)
-    assert got.dtype == torch.int64
+    assert got.dtype == torch.int32  # the int32 accumulator of an int8 GEMM
     assert torch.equal(got, _ref_matmul(a, b))
     assert got[0, 0].item() == K * fill[0] * fill[1]
 
@@ -339,9 +339,16 @@ def test_int_matmul_non_contiguous_views_and_batched_4d():
 
 def test_int_matmul_honours_larger_bounds():
     # 16-bit x 8-bit operands: the chunk shrinks so every partial sum stays below 2^24.
-    a = torch.full((2, 777), -(2**15), dtype=torch.int64)
-    b = torch.full((777, 3), 127, dtype=torch.int64)
+    a = torch.full((2, 500), -(2**15), dtype=torch.int64)
+    b = torch.full((500, 3), 127, dtype=torch.int64)
     assert torch.equal(I.int_matmul(a, b, a_bound=2**15, b_bound=128), _ref_matmul(a, b))
+
+
+def test_int_matmul_refuses_shapes_that_could_overflow_its_int32_accumulator():
+    # 777 * 2^15 * 128 > 2^31: the worst case would wrap, so the call is refused instead.
+    a = torch.zeros((2, 777), dtype=torch.int64)
+    with pytest.raises(OverflowRiskError):
+        I.int_matmul(a, torch.zeros((777, 3), dtype=torch.int64), a_bound=2**15, b_bound=128)
 
 
 # =============================================================================================

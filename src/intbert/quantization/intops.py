@@ -109,15 +109,16 @@ def quantize(x: torch.Tensor, scale: torch.Tensor, num_bits: int) -> torch.Tenso
 
 
 def to_int(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Recover the integers of a simulated tensor ``x = q * S``: round_half_even(x / S) as int64.
+    """Recover the integers of a simulated tensor ``x = q * S``: round_half_even(x / S) as int32.
 
     Exact when |q| < 2^22 in float32 or |q| < 2^50 in float64 (the relative error of q*S and of
     the division is below 2^-23 resp. 2^-52, so the distance to q stays under 1/2).
     """
     if x.dtype != torch.float64:
         x = x.float()
-    # Clamped to the int32 range: beyond it the value was never a simulated integer of this scale.
-    return torch.round(x / scale.to(x.dtype)).clamp_(INT32_MIN + 1, INT32_MAX).long()
+    # Clamped to the int32 range (and int32-typed): beyond it the value was never a simulated integer of
+    # this scale. Consumers promote to int64 where their products need it.
+    return torch.round(x / scale.to(x.dtype)).clamp_(INT32_MIN + 1, INT32_MAX).int()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,6 +182,18 @@ def _round_shift(v: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
 REQUANT_NARROW_BITS = 31
 
 
+def rescale(q: torch.Tensor, m: torch.Tensor, e: torch.Tensor, input_bits: int = 32) -> torch.Tensor:
+    """round_half_up(q * m / 2^e) for int64 q and a dyadic (m, e), unclamped; see :func:`requantize`."""
+    m = m.to(q.device)
+    e = e.to(q.device)
+    if input_bits <= REQUANT_NARROW_BITS:
+        return _round_shift(q * m, e)
+    direct = _round_shift(q.clamp(INT32_MIN + 1, INT32_MAX) * m, e)
+    low = ((q & 0xFFFF) * m + _half(e)) >> 16
+    split = ((q >> 16) * m + low) >> (e - 16).clamp(min=0)
+    return torch.where(e >= 16, split, direct)
+
+
 def requantize(q: torch.Tensor, m: torch.Tensor, e: torch.Tensor, num_bits: int, input_bits: int = 32) -> torch.Tensor:
     """y = clamp(round_half_up(q * m / 2^e), -2^(b-1), 2^(b-1)-1) for int64 q and a dyadic (m, e).
 
@@ -193,15 +206,7 @@ def requantize(q: torch.Tensor, m: torch.Tensor, e: torch.Tensor, num_bits: int,
       When e < 16 the ratio m/2^e exceeds 2^14, so any |q| >= 2^31 saturates every output width:
       clamping q to the int32 range first and using the direct form gives the same result.
     """
-    lo, hi = qrange(num_bits)
-    m = m.to(q.device)
-    e = e.to(q.device)
-    if input_bits <= REQUANT_NARROW_BITS:
-        return _round_shift(q * m, e).clamp_(lo, hi)
-    direct = _round_shift(q.clamp(INT32_MIN + 1, INT32_MAX) * m, e)
-    low = ((q & 0xFFFF) * m + _half(e)) >> 16
-    split = ((q >> 16) * m + low) >> (e - 16).clamp(min=0)
-    return torch.where(e >= 16, split, direct).clamp_(lo, hi)
+    return rescale(q, m, e, input_bits).clamp_(*qrange(num_bits))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,24 +218,27 @@ FLOAT32_EXACT_INT = 2**24
 
 
 def int_matmul(a: torch.Tensor, b: torch.Tensor, a_bound: int = 128, b_bound: int = 128) -> torch.Tensor:
-    """Exact ``a @ b`` of integer tensors (|a| <= a_bound, |b| <= b_bound elementwise), as int64.
+    """Exact ``a @ b`` of integer-valued tensors (|a| <= a_bound, |b| <= b_bound elementwise) as int32.
 
     The portable way to run an integer GEMM at float speed: a float32 GEMM is exact while every
-    partial sum is below 2^24, i.e. for K * a_bound * b_bound < 2^24 (K <= 1024 for int8 x int8:
-    1024 * 128 * 128 = 2^24 exactly, so the chunk is one less power of two when the bound is hit).
-    Longer K is cut into such chunks, each exact, summed in int64. On CUDA float64 is used instead
-    (exact to 2^53; TF32 would make float32 inexact).
+    partial sum is below 2^24, i.e. for K * a_bound * b_bound < 2^24 (K <= 1023 for int8 x int8).
+    Longer K is cut into such chunks, each exact, summed in int32 (the caller's bound
+    K * a_bound * b_bound < 2^31 keeps that exact: K < 131072 for int8 x int8). Operands may be given
+    as float32 already (a cached weight). On CUDA float64 is used instead (exact to 2^53; TF32 would
+    make float32 inexact).
     """
     K = a.shape[-1]
+    if K * a_bound * b_bound >= 2**31:
+        raise OverflowRiskError(f"int_matmul: K={K} x {a_bound} x {b_bound} can exceed the int32 accumulator")
     if a.is_cuda:
-        return torch.matmul(a.double(), b.double()).long()
+        return torch.matmul(a.double(), b.double()).int()
     chunk = max(1, (FLOAT32_EXACT_INT - 1) // (a_bound * b_bound))
     af, bf = a.float(), b.float()
     if K <= chunk:
-        return torch.matmul(af, bf).long()
+        return torch.matmul(af, bf).int()
     out = None
     for k0 in range(0, K, chunk):
-        part = torch.matmul(af[..., k0 : k0 + chunk], bf[..., k0 : k0 + chunk, :]).long()
+        part = torch.matmul(af[..., k0 : k0 + chunk], bf[..., k0 : k0 + chunk, :]).int()
         out = part if out is None else out + part
     return out
 
@@ -324,7 +332,7 @@ def int_softmax(
       p  = min(p, 2^output_bit - 1)                  (the reference can emit 256 for 8 bits: fix (f))
     A fully masked row gives all zeros.
     """
-    x = q >> consts["pre_shift"]
+    x = q.long() >> consts["pre_shift"]  # int64: the masked sentinel below is far outside int32
     neg_big = torch.iinfo(torch.int64).min // 4
     if mask is not None:
         x = torch.where(mask, x, torch.full_like(x, neg_big))

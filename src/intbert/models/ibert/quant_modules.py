@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...errors import OverflowRiskError, UncalibratedError
-from ...quantization import intops
+from ...quantization import fused, intops
 
 FORCE_DEQUANT_CHOICES = ("none", "gelu", "softmax", "layernorm", "nonlinear")
 #: QuantAct ranges start here; a range still at these values was never calibrated (the reference's sentinel).
@@ -190,7 +190,7 @@ class QuantEmbedding(_CachedWeightMixin, nn.Module):
         if not self.quant_mode:
             return F.embedding(x, self.weight, *args), None
         w_int, scale = self.quantized_weight()
-        q = F.embedding(x, w_int.long())  # (..., D) int64, |q| <= 2^(b-1)-1
+        q = F.embedding(x, w_int)  # (..., D) int8 (int32 above 8 bits), |q| <= 2^(b-1)-1
         value = q.to(self.weight.dtype) * scale
         reference = F.embedding(x, self.weight, *args) if _needs_grad(self.weight) else None
         return attach_ints(straight_through(value, reference), q), scale
@@ -309,7 +309,7 @@ class QuantAct(nn.Module):
             return q.clamp(intops.INT32_MIN, intops.INT32_MAX).long()
         s_t = _as_scale(s_t, t)
         m, e = intops.dyadic(s_t.double() / scale.double())
-        return intops.requantize(ints_of(t, s_t), m, e, 32, input_bits=int_bits_of(t))
+        return fused.rescale(ints_of(t, s_t), m, e, int_bits_of(t))
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,6 +384,8 @@ class QuantLinear(_CachedWeightMixin, nn.Module):
                 q = intops.quantize(w, scale[:, None], self.weight_bit)
                 self.fc_scaling_factor = scale.float()
                 self.weight_integer = q.to(torch.int8 if self.weight_bit <= 8 else torch.int32)
+                # The GEMM operand, converted once: int_matmul runs integers through an exact float32 GEMM.
+                self._weight_operand = q.t().float().contiguous()
         return self.weight_integer, self.fc_scaling_factor
 
     def forward(self, x, prev_act_scaling_factor=None):
@@ -399,19 +401,23 @@ class QuantLinear(_CachedWeightMixin, nn.Module):
             raise ValueError(
                 f"QuantLinear needs a per-tensor input scale (0-dim or shape (1,)), got shape {tuple(s_x.shape)}"
             )
-        w_int, s_w = self.quantized_weight()
+        _, s_w = self.quantized_weight()
         s_w = s_w.to(x.device)
         s_b = s_w * s_x.reshape(())
         with torch.no_grad():
             lo, hi = intops.qrange(LINEAR_INPUT_BITS)
             q_x = ints_of(x, s_x).clamp(lo, hi)
-            # |sum_k q_x q_w| <= K * 128 * 2^(wb-1): exact in int64; int_matmul chunks K to stay exact.
-            acc = intops.int_matmul(q_x, w_int.t().long(), a_bound=-lo, b_bound=2 ** (self.weight_bit - 1))
+            # |sum_k q_x q_w| <= K * 128 * 2^(wb-1) = gemm_bound (50,331,648 for K = 3072): an exact int32 sum.
+            a_bound, b_bound = -lo, 2 ** (self.weight_bit - 1)
+            gemm_bound = self.in_features * a_bound * b_bound
+            acc = intops.int_matmul(q_x, self._weight_operand.to(x.device), a_bound, b_bound)
             if self.bias is not None:
-                b_int = intops.quantize(self.bias.detach(), s_b, self.bias_bit).clamp(intops.INT32_MIN, intops.INT32_MAX)
-                self.bias_integer = b_int.to(torch.int32)
-                # An int32 accumulator: saturate rather than wrap (reachable only with an absurd bias / scale).
-                acc = (acc + b_int).clamp_(intops.INT32_MIN + 1, intops.INT32_MAX)
+                # The int32 accumulator starts at the bias: |bias| <= 2^31 - 1 - gemm_bound keeps the sum in
+                # int32 (the clamp binds only for a bias ~2^31 times its scale, never in a trained model).
+                limit = intops.INT32_MAX - gemm_bound
+                b_int = intops.quantize(self.bias.detach(), s_b, self.bias_bit).clamp(-limit, limit).int()
+                self.bias_integer = b_int
+                acc = acc + b_int
         value = acc.to(x.dtype) * s_b
         if _needs_grad(x, self.weight, self.bias):
             value = _STELinear.apply(x, self.weight, self.bias, value)
@@ -454,7 +460,7 @@ class IntGELU(nn.Module):
             self._bounds_checked = not self.training
         b_int, c_int, one_int, s_out = intops.gelu_constants(scale)
         with torch.no_grad():
-            q = intops.int_gelu(ints_of(x, scale), b_int, c_int, one_int)
+            q = fused.int_gelu(ints_of(x, scale), b_int, c_int, one_int)
         value = q.to(x.dtype) * s_out
         reference = self.activation_fn(x) if _needs_grad(x) else None
         return attach_ints(straight_through(value, reference), q, intops.GELU_OUTPUT_BITS), s_out
@@ -493,7 +499,7 @@ class IntSoftmax(nn.Module):
         keep = finite if mask is None else finite & mask
         with torch.no_grad():
             q_in = ints_of(torch.where(finite, x, torch.zeros_like(x)), scale)
-            q = intops.int_softmax(q_in, keep, intops.softmax_constants(scale), self.output_bit)
+            q = fused.int_softmax(q_in, keep, intops.softmax_constants(scale), self.output_bit)
         out_scale = torch.full((1,), 2.0**-self.output_bit, device=x.device)
         value = q.to(x.dtype) * out_scale
         reference = F.softmax(x.masked_fill(~keep, torch.finfo(x.dtype).min), dim=-1) if _needs_grad(x) else None
@@ -542,7 +548,7 @@ class IntLayerNorm(nn.Module):
                 need = intops.layernorm_shift(q_in).to(self.shift.device, self.shift.dtype)
                 self.shift.copy_(torch.maximum(self.shift, need))
             sign, bias_int, s_out = intops.layernorm_constants(self.weight.detach(), self.bias.detach(), x.shape[-1])
-            q = intops.int_layernorm(q_in, self.shift.long(), sign, bias_int)
+            q = fused.int_layernorm(q_in, self.shift.long(), sign, bias_int)
         value = q.to(x.dtype) * s_out
         reference = self.float_forward(x) if _needs_grad(x, self.weight, self.bias) else None
         return attach_ints(straight_through(value, reference), q), s_out

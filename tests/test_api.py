@@ -1,0 +1,73 @@
+"""The public surface: one calibrate verb for both families, and imports that only point down the layers."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+import intbert
+from intbert.quantization import TensorQuantizer
+
+SRC = Path(intbert.__file__).parent
+
+TINY = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24,
+            max_position_embeddings=20)
+
+
+def _ids():
+    return torch.randint(3, 50, (2, 6), generator=torch.Generator().manual_seed(0))
+
+
+def test_calibrate_dispatches_to_ibert_and_sets_every_used_range():
+    model = intbert.IBertModel(intbert.IBertConfig(quant_mode=True, **TINY)).eval()
+    with pytest.raises(intbert.UncalibratedError):
+        model(_ids())
+    assert intbert.calibrate(model, [{"input_ids": _ids()}]) is model
+    model(_ids())  # runs now
+
+
+def test_calibrate_dispatches_to_qdqbert():
+    model = intbert.QDQBertModel(intbert.QDQBertConfig(**TINY)).eval()
+    intbert.calibrate(model, [{"input_ids": _ids()}], method="max")
+    amax = [m.amax for m in model.modules() if isinstance(m, TensorQuantizer)]
+    assert amax and all(a is not None for a in amax)
+
+
+def test_calibrate_refuses_a_model_without_quantizers():
+    with pytest.raises(ValueError, match="no quantizers"):
+        intbert.calibrate(torch.nn.Linear(2, 2), [torch.zeros(1, 2)])
+
+
+# Layers, top to bottom (DESIGN.md principle 4): a module may import only its own layer or lower ones.
+LAYERS = {"cli": 4, "engine": 3, "export": 3, "models": 2, "calibration": 3, "data": 1, "quantization": 1, "errors": 0}
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.get(parts[1]) if len(parts) > 1 and parts[0] == "intbert" else None
+
+
+def _imports(path: Path) -> list[str]:
+    package = "intbert." + ".".join(path.relative_to(SRC).with_suffix("").parts)
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: -node.level]
+                out.append(".".join(base + ([node.module] if node.module else [])))
+            else:
+                out.append(node.module or "")
+    return out
+
+
+@pytest.mark.parametrize("path", sorted(p for p in SRC.rglob("*.py") if p.name != "__init__.py" or p.parent != SRC),
+                         ids=lambda p: str(p.relative_to(SRC)))
+def test_imports_point_down_the_layers(path):
+    own = _layer("intbert." + ".".join(path.relative_to(SRC).with_suffix("").parts))
+    if own is None:
+        return
+    upward = [m for m in _imports(path) if (_layer(m) or -1) > own]
+    assert not upward, f"{path.relative_to(SRC)} imports upward: {upward}"
