@@ -18,7 +18,7 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+from torch.nn import CrossEntropyLoss
 from transformers import PreTrainedModel
 from transformers.activations import gelu
 from transformers.modeling_outputs import (
@@ -30,6 +30,7 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 
+from ..common import sequence_classification_loss
 from .configuration_ibert import IBertConfig
 from .quant_modules import (
     IntGELU,
@@ -206,15 +207,15 @@ def int_matmul_value(a, b, s_a, s_b, s_out, a_bound=128, b_bound=128):
     return attach_ints(straight_through(value, reference), q), q
 
 
-class IBertSelfOutput(nn.Module):
-    """dense -> + residual (22-bit) -> integer LayerNorm -> 8-bit."""
+class _DenseResidualLayerNorm(nn.Module):
+    """dense (in_features -> H) -> + residual (22-bit) -> integer LayerNorm -> 8-bit; IBertSelfOutput and IBertOutput."""
 
-    def __init__(self, config: IBertConfig):
+    def __init__(self, config: IBertConfig, in_features: int):
         super().__init__()
         self.quant_mode = config.quant_mode
         self.act_bit, self.weight_bit, self.bias_bit = ACT_BITS, WEIGHT_BITS, BIAS_BITS
         self.ln_input_bit, self.ln_output_bit = LN_INPUT_BITS, LN_OUTPUT_BITS
-        self.dense = QuantLinear(config.hidden_size, config.hidden_size, bias=True, weight_bit=self.weight_bit,
+        self.dense = QuantLinear(in_features, config.hidden_size, bias=True, weight_bit=self.weight_bit,
                                  bias_bit=self.bias_bit, per_channel=True, quant_mode=self.quant_mode)
         self.ln_input_act = QuantAct(self.ln_input_bit, quant_mode=self.quant_mode)
         self.LayerNorm = IntLayerNorm(config.hidden_size, eps=config.layer_norm_eps, output_bit=self.ln_output_bit,
@@ -228,6 +229,11 @@ class IBertSelfOutput(nn.Module):
         h, s = self.ln_input_act(h, s, identity=input_tensor, identity_scaling_factor=input_tensor_scaling_factor)
         h, s = self.LayerNorm(h, s)  # int32 @ S_ln[c]
         return self.output_activation(h, s)  # int8
+
+
+class IBertSelfOutput(_DenseResidualLayerNorm):
+    def __init__(self, config: IBertConfig):
+        super().__init__(config, config.hidden_size)
 
 
 class IBertAttention(nn.Module):
@@ -263,23 +269,9 @@ class IBertIntermediate(nn.Module):
         return self.output_activation(h, s)  # int8
 
 
-class IBertOutput(nn.Module):
-    """dense (I -> H) -> + residual (22-bit) -> integer LayerNorm -> 8-bit: the same block as IBertSelfOutput."""
-
+class IBertOutput(_DenseResidualLayerNorm):
     def __init__(self, config: IBertConfig):
-        super().__init__()
-        self.quant_mode = config.quant_mode
-        self.act_bit, self.weight_bit, self.bias_bit = ACT_BITS, WEIGHT_BITS, BIAS_BITS
-        self.ln_input_bit, self.ln_output_bit = LN_INPUT_BITS, LN_OUTPUT_BITS
-        self.dense = QuantLinear(config.intermediate_size, config.hidden_size, bias=True, weight_bit=self.weight_bit,
-                                 bias_bit=self.bias_bit, per_channel=True, quant_mode=self.quant_mode)
-        self.ln_input_act = QuantAct(self.ln_input_bit, quant_mode=self.quant_mode)
-        self.LayerNorm = IntLayerNorm(config.hidden_size, eps=config.layer_norm_eps, output_bit=self.ln_output_bit,
-                                      quant_mode=self.quant_mode, force_dequant=config.force_dequant)
-        self.output_activation = QuantAct(self.act_bit, quant_mode=self.quant_mode)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    forward = IBertSelfOutput.forward
+        super().__init__(config, config.intermediate_size)
 
 
 class IBertLayer(nn.Module):
@@ -562,24 +554,6 @@ class IBertForMaskedLM(IBertPreTrainedModel):
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
 
-def sequence_classification_loss(config, logits, labels):
-    """Regression (1 label), single-label or multi-label loss, inferred as transformers does when problem_type is unset."""
-    num_labels = config.num_labels
-    if config.problem_type is None:
-        if num_labels == 1:
-            config.problem_type = "regression"
-        elif num_labels > 1 and labels.dtype in (torch.long, torch.int):
-            config.problem_type = "single_label_classification"
-        else:
-            config.problem_type = "multi_label_classification"
-    labels = labels.to(logits.device)
-    if config.problem_type == "regression":
-        return MSELoss()(logits.squeeze(), labels.squeeze().to(logits.dtype)) if num_labels == 1 else MSELoss()(logits, labels)
-    if config.problem_type == "single_label_classification":
-        return CrossEntropyLoss()(logits.view(-1, num_labels), labels.view(-1))
-    return BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
-
-
 class IBertForSequenceClassification(IBertPreTrainedModel):
     def __init__(self, config: IBertConfig):
         super().__init__(config)
@@ -595,7 +569,7 @@ class IBertForSequenceClassification(IBertPreTrainedModel):
         out = _encode(self.ibert, input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                       output_attentions, output_hidden_states)
         logits = self.classifier(out.last_hidden_state)  # (B, num_labels)
-        loss = sequence_classification_loss(self.config, logits, labels) if labels is not None else None
+        loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
         if not return_dict:
             return _as_tuple(loss, (logits,) + _extras(out))
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)

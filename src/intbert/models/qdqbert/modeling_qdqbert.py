@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+from torch.nn import CrossEntropyLoss
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
@@ -49,6 +49,7 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 
+from intbert.models.common import sequence_classification_loss
 from intbert.models.qdqbert.checkpoint import register_checkpoint_amax
 from intbert.models.qdqbert.configuration_qdqbert import QDQBertConfig
 from intbert.quantization import QuantDescriptor, TensorQuantizer
@@ -731,32 +732,6 @@ def _finish(output, return_dict: bool | None, config: QDQBertConfig):
     """ModelOutput, or BERT's tuple: ``(loss, logits, ...)`` with the absent (None) fields dropped."""
     return_dict = config.return_dict if return_dict is None else return_dict
     return output if return_dict else output.to_tuple()
-
-
-def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: QDQBertConfig) -> torch.Tensor:
-    """MSE, cross-entropy or BCE-with-logits by ``config.problem_type``, inferred (and stored) as BERT does."""
-    num_labels = config.num_labels
-    if config.problem_type is None:
-        if num_labels == 1:
-            config.problem_type = "regression"
-        elif labels.dtype in (torch.long, torch.int):
-            config.problem_type = "single_label_classification"
-        else:
-            config.problem_type = "multi_label_classification"
-    if config.problem_type == "regression":
-        if num_labels == 1:
-            return MSELoss()(logits.view(-1), labels.view(-1).to(logits.dtype))
-        return MSELoss()(logits, labels.to(logits.dtype))
-    if config.problem_type == "single_label_classification":
-        return CrossEntropyLoss()(logits.view(-1, num_labels), labels.view(-1))
-    if config.problem_type == "multi_label_classification":
-        if labels.shape != logits.shape:
-            raise ValueError(
-                f"multi-label labels must have the logits' shape {tuple(logits.shape)} (one 0/1 per label), "
-                f"got {tuple(labels.shape)}"
-            )
-        return BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
-    raise ValueError(f"unknown config.problem_type {config.problem_type!r}")
 
 
 class QDQBertLMHeadModel(QDQBertPreTrainedModel, GenerationMixin):
