@@ -23,14 +23,14 @@ def calibrate(
 ) -> nn.Module:
     """Set every activation range of a quantized model from ``batches``, in one call.
 
-    I-BERT (the model has ``QuantAct`` modules): method "minmax" (default) or "ema"; also sets every
-    IntLayerNorm shift. QDQBERT (``TensorQuantizer`` modules): method "max" (default), "percentile",
+    I-BERT (the model has ``QuantAct`` modules): method "mse" (default), "minmax" or "ema"; also sets
+    every IntLayerNorm shift. QDQBERT (``TensorQuantizer`` modules): method "max" (default), "percentile",
     "mse" or "entropy". ``batches`` yields dicts of model keyword arguments (or tensors of input ids).
     Returns the model, calibrated in place.
     """
     modules = list(model.modules())
     if any(isinstance(m, QuantAct) for m in modules):
-        return calibrate_ibert(model, batches, method=method or "minmax", forward_fn=forward_fn, progress=progress)
+        return calibrate_ibert(model, batches, method=method or "mse", forward_fn=forward_fn, progress=progress)
     if any(isinstance(m, TensorQuantizer) for m in modules):
         calibrate_qdq(model, batches, method=method or "max", percentile=percentile, progress=progress,
                       forward_fn=forward_fn)

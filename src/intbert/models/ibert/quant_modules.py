@@ -229,6 +229,7 @@ class QuantAct(nn.Module):
         self.register_buffer("x_max", torch.full((size,), RANGE_SENTINEL))
         self.register_buffer("act_scaling_factor", torch.zeros(size))
         self._calibrated: bool | None = None  # None: not yet checked (checking syncs with the device once)
+        self.batch_range = None  # set by a calibration method that measures ranges its own way (calibration.py)
 
     def extra_repr(self):
         return f"activation_bit={self.activation_bit}, quant_mode={self.quant_mode}, per_channel={self.per_channel}"
@@ -246,10 +247,16 @@ class QuantAct(nn.Module):
 
     @torch.no_grad()
     def update_range(self, x: torch.Tensor) -> None:
-        """Fold the batch range of ``x`` into x_min / x_max (no host synchronisation)."""
+        """Fold the batch range of ``x`` into x_min / x_max (no host synchronisation).
+
+        The batch range is min/max, or what ``self.batch_range(x, activation_bit)`` returns when a
+        calibration method sets one (per-tensor ranges only).
+        """
         if self.per_channel:
             flat = x.detach().reshape(-1, x.shape[-1]).float()
             bmin, bmax = flat.amin(0), flat.amax(0)
+        elif self.batch_range is not None:
+            bmin, bmax = self.batch_range(x.detach(), self.activation_bit)
         else:
             bmin, bmax = torch.aminmax(x.detach().float())
             bmin, bmax = bmin.reshape(1), bmax.reshape(1)
