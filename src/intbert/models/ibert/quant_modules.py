@@ -9,7 +9,7 @@ function's gradient for GELU, softmax and LayerNorm).
 
 Exact integers between modules: the tensors passed between modules are float values ``q * S``.
 Integers above 2^24 (GEMM accumulators, i-GELU and LayerNorm outputs) are not exact in float32, so
-each module also attaches its exact int64 integers to the tensor it returns (``_intbert_q``, checked
+each module also attaches its exact integers (int8/int32, int64 where wider) to the tensor it returns (``_intbert_q``, checked
 against the tensor's version counter so an in-place change invalidates them); the next module uses
 them when present and otherwise rounds ``x / S``. Values stay in the caller's float dtype.
 """
@@ -22,8 +22,8 @@ from torch.nn import functional as F
 
 from ...errors import OverflowRiskError, UncalibratedError
 from ...quantization import fused, intops
+from .configuration_ibert import FORCE_DEQUANT_CHOICES
 
-FORCE_DEQUANT_CHOICES = ("none", "gelu", "softmax", "layernorm", "nonlinear")
 #: QuantAct ranges start here; a range still at these values was never calibrated (the reference's sentinel).
 RANGE_SENTINEL = 1e-5
 #: QuantLinear consumes activations of this many bits (every QuantAct before a linear is 8-bit).
