@@ -32,3 +32,16 @@ def test_mse_range_keeps_the_full_range_of_uniform_data():
 def test_mse_range_of_an_all_zero_tensor_is_tiny_and_finite():
     _, hi = mse_batch_range(torch.zeros(100), 8)
     assert torch.isfinite(hi).all() and hi.item() <= 1e-8
+
+
+def test_mse_range_of_a_large_tensor_counts_outliers_a_subsample_would_miss():
+    # Above MSE_MAX_SAMPLES the error is measured on a strided subsample plus the largest values: an outlier
+    # block off the stride must still stop the range from collapsing onto the small values.
+    from intbert.models.ibert import calibration as C
+
+    x = torch.randn(C.MSE_MAX_SAMPLES * 4, generator=torch.Generator().manual_seed(1)) * 0.1
+    x[1:400:2] = 30.0  # 200 outliers, none on the stride-4 grid
+    _, hi = mse_batch_range(x, 8)
+    full = [(a, _mse(x, a)) for a in (f.item() * 30.0 for f in MSE_RANGE_FRACTIONS)]
+    best = min(full, key=lambda t: t[1])[0]
+    assert abs(hi.item() - best) < 1e-4

@@ -16,30 +16,45 @@ from .quant_modules import RANGE_SENTINEL, IntLayerNorm, QuantAct
 CALIBRATION_METHODS = ("mse", "minmax", "ema")
 #: Candidate ranges for "mse": fractions of the batch's max |x| (71 steps of 1%).
 MSE_RANGE_FRACTIONS = torch.linspace(0.3, 1.0, 71)
-#: "mse" measures its error on at most this many values per batch (an evenly strided subsample).
+#: "mse" measures its error on at most this many values per batch (an evenly strided subsample) ...
 MSE_MAX_SAMPLES = 1 << 18
+
+
+#: ... plus the largest |x| values, which a strided subsample would miss and which the MSE must weigh.
+MSE_TOP_SAMPLES = 1 << 10
+
+
+def _squared_errors(values: torch.Tensor, ranges: torch.Tensor, n: int) -> torch.Tensor:
+    """sum((Q_a(v) - v)^2) for each candidate range a (8 candidates at a time: (8, N) temporaries)."""
+    out = []
+    for chunk in ranges.split(8):
+        scales = (chunk / n)[:, None]
+        # The grid of QuantAct: round half to even, clamp to [-2^(b-1), 2^(b-1)-1].
+        q = torch.round(values[None] / scales).clamp(-n - 1, n)
+        out.append(((q * scales - values[None]) ** 2).sum(dim=1))
+    return torch.cat(out)
 
 
 def mse_batch_range(x: torch.Tensor, num_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(-a, a) with a = argmin over a = f * max|x| of mean((Q_a(x) - x)^2), Q_a symmetric num_bits quantization.
 
     Clipping a few outliers buys a finer step for everything else; the MSE weighs both. On
-    all-MiniLM-L6-v2 this lifts the sentence-embedding cosine to float from 0.969 (minmax) to 0.978.
-    Candidates are evaluated 8 at a time ((8, N) tensors; no host synchronisation).
+    all-MiniLM-L6-v2 this lifts the sentence-embedding cosine to float from 0.969 (minmax) to 0.974.
+    Large tensors are measured on an evenly strided subsample (each value standing for ``stride``
+    values) plus their MSE_TOP_SAMPLES largest |x| (each standing for itself), so the outliers that
+    decide the clipping are always counted. No host synchronisation.
     """
     flat = x.reshape(-1).float()
-    if flat.numel() > MSE_MAX_SAMPLES:
-        flat = flat[:: -(-flat.numel() // MSE_MAX_SAMPLES)]
     n = 2 ** (num_bits - 1) - 1
     amax = flat.abs().max().clamp(min=1e-8)
     ranges = MSE_RANGE_FRACTIONS.to(flat.device) * amax  # (F,)
-    errors = []
-    for chunk in ranges.split(8):
-        scales = (chunk / n)[:, None]
-        # Same grid as QuantAct: round half to even, clamp to [-2^(b-1), 2^(b-1)-1].
-        q = torch.round(flat[None] / scales).clamp(-n - 1, n)
-        errors.append(((q * scales - flat[None]) ** 2).mean(dim=1))
-    best = ranges[torch.cat(errors).argmin()].reshape(1)
+    if flat.numel() <= MSE_MAX_SAMPLES:
+        errors = _squared_errors(flat, ranges, n)
+    else:
+        stride = -(-flat.numel() // MSE_MAX_SAMPLES)
+        top = flat[flat.abs().topk(MSE_TOP_SAMPLES).indices]
+        errors = stride * _squared_errors(flat[::stride], ranges, n) + _squared_errors(top, ranges, n)
+    best = ranges[errors.argmin()].reshape(1)
     return -best, best
 
 
