@@ -1,7 +1,7 @@
 """I-BERT: RoBERTa with integer-only arithmetic (Kim et al. 2021, arXiv 2101.01321).
 
 The module tree, attribute names (= state-dict keys) and forward contracts follow
-``transformers.models.ibert`` so its checkpoints load. Every quantized module returns
+transformers' I-BERT port so its checkpoints load. Every quantized module returns
 ``(value, scaling_factor)``; in quant mode value = integers * scale with exact integers (see
 quant_modules). Differences from the transformers port (see docs/ibert.md):
 (a) each layer receives the scale of the previous layer's output (tf#26738);

@@ -2,7 +2,7 @@
 
 Every module keeps the transformers port's constructor signature, buffer names and the
 ``forward(...) -> (tensor, scaling_factor)`` contract, so code and checkpoints written against
-``transformers.models.ibert.quant_modules`` work unchanged. Inside, the forward value is computed by
+the quant modules of transformers' I-BERT port work unchanged. Inside, the forward value is computed by
 the exact integer functions of :mod:`intbert.quantization.intops` and multiplied by the scale;
 gradients are straight-through (identity for requantization and weight rounding, the float
 function's gradient for GELU, softmax and LayerNorm).
