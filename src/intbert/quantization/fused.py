@@ -65,9 +65,10 @@ def _twin(fn):
             return fn(q, *args, **kwargs)
         bound = signature.bind(q, *args, **kwargs)
         bound.apply_defaults()
-        # Python numbers (bit widths) are fixed in a closure and everything is passed positionally: with the
-        # numbers passed as keywords (or through functools.partial) under dynamic=True, torch 2.13 compiled
-        # requantize(num_bits=32) to a wrong clamp (every output -2^31-1); tests/test_ibert_fused.py guards it.
+        # Python numbers (bit widths) are constants of a closure, one compiled variant each, so dynamic=True
+        # does not turn them into symbolic values. The clamp of requantize is not compiled at all (only
+        # ``rescale`` is): under torch 2.13 the compiled 32-bit clamp returned -2^31-1 for every element.
+        # tests/test_ibert_fused.py compares every twin with its definition, 32 bits included.
         static = tuple((k, v) for k, v in bound.arguments.items() if isinstance(v, _STATIC))
         tensors = {k: v for k, v in bound.arguments.items() if not isinstance(v, _STATIC)}
         key = (name, static)

@@ -111,8 +111,9 @@ def quantize(x: torch.Tensor, scale: torch.Tensor, num_bits: int) -> torch.Tenso
 def to_int(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Recover the integers of a simulated tensor ``x = q * S``: round_half_even(x / S) as int32.
 
-    Exact when |q| < 2^22 in float32 or |q| < 2^50 in float64 (the relative error of q*S and of
-    the division is below 2^-23 resp. 2^-52, so the distance to q stays under 1/2).
+    Exact when |q| < 2^22 in float32 or |q| < 2^31 in float64 (the relative error of q*S and of
+    the division is below 2^-23 resp. 2^-52, so the distance to q stays under 1/2); results are
+    clamped to the int32 range. Wider integers travel attached to their tensors (quant_modules).
     """
     if x.dtype != torch.float64:
         x = x.float()

@@ -62,6 +62,12 @@ def create_position_ids_from_input_ids(input_ids: torch.Tensor, padding_idx: int
     return incremental.long() + padding_idx
 
 
+def _quant_linear(config: IBertConfig, in_features: int, out_features: int) -> QuantLinear:
+    """Every encoder linear: 8-bit per-output-channel weights, 32-bit bias."""
+    return QuantLinear(in_features, out_features, bias=True, weight_bit=WEIGHT_BITS, bias_bit=BIAS_BITS,
+                       per_channel=True, quant_mode=config.quant_mode)
+
+
 def _dropout(module: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
     # Skipped outside training so the exact integers attached to x survive (dropout is the identity there).
     return module(x) if module.training and module.p > 0 else x
@@ -146,11 +152,8 @@ class IBertSelfAttention(nn.Module):
         self.all_head_size = self.num_attention_heads * self.attention_head_size
         self.weight_bit, self.bias_bit, self.act_bit = WEIGHT_BITS, BIAS_BITS, ACT_BITS
 
-        def linear():
-            return QuantLinear(config.hidden_size, self.all_head_size, bias=True, weight_bit=self.weight_bit,
-                               bias_bit=self.bias_bit, per_channel=True, quant_mode=self.quant_mode)
-
-        self.query, self.key, self.value = linear(), linear(), linear()
+        self.query, self.key, self.value = (_quant_linear(config, config.hidden_size, self.all_head_size)
+                                            for _ in range(3))
         self.query_activation = QuantAct(self.act_bit, quant_mode=self.quant_mode)
         self.key_activation = QuantAct(self.act_bit, quant_mode=self.quant_mode)
         self.value_activation = QuantAct(self.act_bit, quant_mode=self.quant_mode)
@@ -215,8 +218,7 @@ class _DenseResidualLayerNorm(nn.Module):
         self.quant_mode = config.quant_mode
         self.act_bit, self.weight_bit, self.bias_bit = ACT_BITS, WEIGHT_BITS, BIAS_BITS
         self.ln_input_bit, self.ln_output_bit = LN_INPUT_BITS, LN_OUTPUT_BITS
-        self.dense = QuantLinear(in_features, config.hidden_size, bias=True, weight_bit=self.weight_bit,
-                                 bias_bit=self.bias_bit, per_channel=True, quant_mode=self.quant_mode)
+        self.dense = _quant_linear(config, in_features, config.hidden_size)
         self.ln_input_act = QuantAct(self.ln_input_bit, quant_mode=self.quant_mode)
         self.LayerNorm = IntLayerNorm(config.hidden_size, eps=config.layer_norm_eps, output_bit=self.ln_output_bit,
                                       quant_mode=self.quant_mode, force_dequant=config.force_dequant)
@@ -258,8 +260,7 @@ class IBertIntermediate(nn.Module):
         super().__init__()
         self.quant_mode = config.quant_mode
         self.act_bit, self.weight_bit, self.bias_bit = ACT_BITS, WEIGHT_BITS, BIAS_BITS
-        self.dense = QuantLinear(config.hidden_size, config.intermediate_size, bias=True, weight_bit=self.weight_bit,
-                                 bias_bit=self.bias_bit, per_channel=True, quant_mode=self.quant_mode)
+        self.dense = _quant_linear(config, config.hidden_size, config.intermediate_size)
         self.intermediate_act_fn = IntGELU(quant_mode=self.quant_mode, force_dequant=config.force_dequant)
         self.output_activation = QuantAct(self.act_bit, quant_mode=self.quant_mode)
 
