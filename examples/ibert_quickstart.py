@@ -13,12 +13,7 @@ import torch
 from transformers import AutoTokenizer
 
 import intbert
-from intbert.data import minilm_path, rotten_tomatoes_sentences
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask[..., None].to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1)
+from intbert.data import mean_pooled_embeddings, minilm_path, rotten_tomatoes_sentences, tokenized_batches
 
 
 def main() -> None:
@@ -34,21 +29,13 @@ def main() -> None:
     float_model = intbert.bert_to_ibert(path)  # float I-BERT = BERT with RoBERTa-style positions
     int_model = intbert.bert_to_ibert(path, quant_mode=True)
 
-    def batches(sentences):
-        for i in range(0, len(sentences), args.batch):
-            enc = tokenizer(sentences[i : i + args.batch], padding=True, truncation=True, max_length=128,
-                            return_tensors="pt")
-            yield {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    calibration = tokenized_batches(tokenizer, rotten_tomatoes_sentences(args.calib), args.batch)
+    intbert.calibrate(int_model, calibration, progress=True)
 
-    intbert.calibrate(int_model, list(batches(rotten_tomatoes_sentences(args.calib))), progress=True)
-
-    cosines = []
-    with torch.no_grad():
-        for batch in batches(rotten_tomatoes_sentences(args.eval, offset=args.calib)):
-            a = mean_pool(float_model(**batch).last_hidden_state, batch["attention_mask"])
-            b = mean_pool(int_model(**batch).last_hidden_state, batch["attention_mask"])
-            cosines.append(torch.nn.functional.cosine_similarity(a, b))
-    cos = torch.cat(cosines)
+    evaluation = tokenized_batches(tokenizer, rotten_tomatoes_sentences(args.eval, offset=args.calib), args.batch)
+    cos = torch.nn.functional.cosine_similarity(
+        mean_pooled_embeddings(float_model, evaluation), mean_pooled_embeddings(int_model, evaluation)
+    )
     print(f"all-MiniLM-L6-v2 as I-BERT, calibrated on {args.calib} sentences, evaluated on {len(cos)} others")
     print(f"cosine(float, integer) sentence embeddings: mean {cos.mean():.4f}  median {cos.median():.4f}  "
           f"min {cos.min():.4f}")
