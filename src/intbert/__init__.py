@@ -2,10 +2,12 @@
 
 Two families: I-BERT (integer-only RoBERTa, ``IBert*``) and QDQBERT (BERT with Quantize/Dequantize
 nodes, ``QDQBert*``), one calibration verb for both (``calibrate``), and the quantization toolkit
-in ``intbert.quantization``.
+in ``intbert.quantization``. ``freeze`` turns a calibrated I-BERT into the integer-only engine
+(``FrozenIBert``).
 """
 
 from .calibration import calibrate
+from .engine import FrozenIBert, freeze
 from .errors import OverflowRiskError, UncalibratedError
 from .models.ibert import (
     IBertConfig,
@@ -54,6 +56,8 @@ __all__ = [
     "QDQBertModel",
     "QDQBertPreTrainedModel",
     "UncalibratedError",
+    "FrozenIBert",
     "bert_to_ibert",
     "calibrate",
+    "freeze",
 ]

@@ -55,7 +55,8 @@ def _closure(fn, names: tuple[str, ...], static: dict):
     return bound
 
 
-def _twin(fn):
+def twin(fn):
+    """A compiled twin of the integer function ``fn`` (a composition of ``intops`` definitions)."""
     name = fn.__name__
     signature = inspect.signature(fn)
 
@@ -87,7 +88,7 @@ def _twin(fn):
     return call
 
 
-rescale = _twin(intops.rescale)
-int_gelu = _twin(intops.int_gelu)
-int_softmax = _twin(intops.int_softmax)
-int_layernorm = _twin(intops.int_layernorm)
+rescale = twin(intops.rescale)
+int_gelu = twin(intops.int_gelu)
+int_softmax = twin(intops.int_softmax)
+int_layernorm = twin(intops.int_layernorm)

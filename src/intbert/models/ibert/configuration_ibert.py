@@ -22,6 +22,7 @@ class IBertConfig(PreTrainedConfig):
     quant_mode: run the integer (simulated) path; needs calibration (``intbert.calibrate``).
     force_dequant: "none" | "gelu" | "softmax" | "layernorm" | "nonlinear" (all three): run those
         non-linear functions in float while the rest stays integer.
+    weight_bit: bits of the encoder's linear weights, 2..8 (default 8, as the reference).
     """
 
     model_type = "ibert"
@@ -45,6 +46,9 @@ class IBertConfig(PreTrainedConfig):
     quant_mode: bool = False
     force_dequant: str = "none"
     tie_word_embeddings: bool = True
+    #: Bits of the encoder's linear weights (the reference hard-codes 8). 7-bit weights let AVX2 CPUs
+    #: without VNNI use their fast u8 x s8 integer GEMM exactly (no int16 saturation), see docs/engine.md.
+    weight_bit: int = 8
 
     def __post_init__(self, **kwargs):
         # Checked here rather than in a @strict ``validate_*`` hook, which wraps the ValueError in a
@@ -61,6 +65,8 @@ class IBertConfig(PreTrainedConfig):
             raise ValueError(
                 f"position_embedding_type must be 'absolute' for I-BERT, got {self.position_embedding_type!r}"
             )
+        if not 2 <= self.weight_bit <= 8:
+            raise ValueError(f"weight_bit must lie in 2..8 (int8 weights), got {self.weight_bit}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) is not a multiple of num_attention_heads "

@@ -46,7 +46,7 @@ from .quant_modules import (
 from ...quantization import intops
 
 # Bit widths of the reference model (quant_modules docstrings give the integer bounds).
-WEIGHT_BITS = 8
+WEIGHT_BITS = 8  # the embedding tables; the encoder's linears use config.weight_bit (default 8)
 BIAS_BITS = 32
 ACT_BITS = 8  # every activation that feeds a GEMM
 EMBEDDING_ACT_BITS = 16  # the embedding sums
@@ -63,8 +63,8 @@ def create_position_ids_from_input_ids(input_ids: torch.Tensor, padding_idx: int
 
 
 def _quant_linear(config: IBertConfig, in_features: int, out_features: int) -> QuantLinear:
-    """Every encoder linear: 8-bit per-output-channel weights, 32-bit bias."""
-    return QuantLinear(in_features, out_features, bias=True, weight_bit=WEIGHT_BITS, bias_bit=BIAS_BITS,
+    """Every encoder linear: config.weight_bit (default 8) per-output-channel weights, 32-bit bias."""
+    return QuantLinear(in_features, out_features, bias=True, weight_bit=config.weight_bit, bias_bit=BIAS_BITS,
                        per_channel=True, quant_mode=config.quant_mode)
 
 
@@ -150,7 +150,7 @@ class IBertSelfAttention(nn.Module):
         self.num_attention_heads = config.num_attention_heads
         self.attention_head_size = config.hidden_size // config.num_attention_heads
         self.all_head_size = self.num_attention_heads * self.attention_head_size
-        self.weight_bit, self.bias_bit, self.act_bit = WEIGHT_BITS, BIAS_BITS, ACT_BITS
+        self.weight_bit, self.bias_bit, self.act_bit = config.weight_bit, BIAS_BITS, ACT_BITS
 
         self.query, self.key, self.value = (_quant_linear(config, config.hidden_size, self.all_head_size)
                                             for _ in range(3))
@@ -216,7 +216,7 @@ class _DenseResidualLayerNorm(nn.Module):
     def __init__(self, config: IBertConfig, in_features: int):
         super().__init__()
         self.quant_mode = config.quant_mode
-        self.act_bit, self.weight_bit, self.bias_bit = ACT_BITS, WEIGHT_BITS, BIAS_BITS
+        self.act_bit, self.weight_bit, self.bias_bit = ACT_BITS, config.weight_bit, BIAS_BITS
         self.ln_input_bit, self.ln_output_bit = LN_INPUT_BITS, LN_OUTPUT_BITS
         self.dense = _quant_linear(config, in_features, config.hidden_size)
         self.ln_input_act = QuantAct(self.ln_input_bit, quant_mode=self.quant_mode)
@@ -259,7 +259,7 @@ class IBertIntermediate(nn.Module):
     def __init__(self, config: IBertConfig):
         super().__init__()
         self.quant_mode = config.quant_mode
-        self.act_bit, self.weight_bit, self.bias_bit = ACT_BITS, WEIGHT_BITS, BIAS_BITS
+        self.act_bit, self.weight_bit, self.bias_bit = ACT_BITS, config.weight_bit, BIAS_BITS
         self.dense = _quant_linear(config, config.hidden_size, config.intermediate_size)
         self.intermediate_act_fn = IntGELU(quant_mode=self.quant_mode, force_dequant=config.force_dequant)
         self.output_activation = QuantAct(self.act_bit, quant_mode=self.quant_mode)
@@ -335,6 +335,47 @@ class IBertPooler(nn.Module):
         return self.activation(self.dense(hidden_states[:, 0]))
 
 
+def check_encoder_inputs(config: IBertConfig, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids):
+    """Refuse bad input with a message that names the fix (one host sync, before any compute); returns (B, L).
+
+    Shared by the simulation and the frozen integer engine."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids or inputs_embeds")
+    if input_ids is not None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, sequence), got shape {tuple(input_ids.shape)}")
+        shape = tuple(input_ids.shape)
+        vocab = config.vocab_size
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
+            raise ValueError(
+                f"input_ids must lie in [0, {vocab}) (config.vocab_size), got values "
+                f"{int(input_ids.min())}..{int(input_ids.max())}; check the tokenizer matches the model"
+            )
+    else:
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size:
+            raise ValueError(
+                f"inputs_embeds must be (batch, sequence, {config.hidden_size}), got {tuple(inputs_embeds.shape)}"
+            )
+        shape = tuple(inputs_embeds.shape[:2])
+    longest = config.max_position_embeddings - (config.pad_token_id or 0) - 1
+    if position_ids is None and shape[1] > longest:
+        raise ValueError(
+            f"sequence length {shape[1]} exceeds the position table ({config.max_position_embeddings} "
+            f"positions, the first {(config.pad_token_id or 0) + 1} reserved): truncate to {longest} tokens"
+        )
+    for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids), ("position_ids", position_ids)):
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} like the input, got {tuple(t.shape)}")
+    if token_type_ids is not None and token_type_ids.numel() and int(token_type_ids.max()) >= config.type_vocab_size:
+        raise ValueError(
+            f"token_type_ids must lie in [0, {config.type_vocab_size}) (config.type_vocab_size)"
+        )
+    if position_ids is not None and position_ids.numel() and int(position_ids.max()) >= config.max_position_embeddings:
+        raise ValueError(f"position_ids must lie in [0, {config.max_position_embeddings})")
+    return shape
+
+
+
 class IBertPreTrainedModel(PreTrainedModel):
     config_class = IBertConfig
     base_model_prefix = "ibert"
@@ -390,43 +431,6 @@ class IBertModel(IBertPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value
 
-    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids):
-        """Refuse bad input with a message that names the fix (one host sync, before any compute)."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        if input_ids is not None:
-            if input_ids.dim() != 2:
-                raise ValueError(f"input_ids must be (batch, sequence), got shape {tuple(input_ids.shape)}")
-            shape = tuple(input_ids.shape)
-            vocab = self.config.vocab_size
-            if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
-                raise ValueError(
-                    f"input_ids must lie in [0, {vocab}) (config.vocab_size), got values "
-                    f"{int(input_ids.min())}..{int(input_ids.max())}; check the tokenizer matches the model"
-                )
-        else:
-            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
-                raise ValueError(
-                    f"inputs_embeds must be (batch, sequence, {self.config.hidden_size}), got {tuple(inputs_embeds.shape)}"
-                )
-            shape = tuple(inputs_embeds.shape[:2])
-        longest = self.config.max_position_embeddings - (self.config.pad_token_id or 0) - 1
-        if position_ids is None and shape[1] > longest:
-            raise ValueError(
-                f"sequence length {shape[1]} exceeds the position table ({self.config.max_position_embeddings} "
-                f"positions, the first {(self.config.pad_token_id or 0) + 1} reserved): truncate to {longest} tokens"
-            )
-        for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids), ("position_ids", position_ids)):
-            if t is not None and tuple(t.shape) != shape:
-                raise ValueError(f"{name} must have shape {shape} like the input, got {tuple(t.shape)}")
-        if token_type_ids is not None and token_type_ids.numel() and int(token_type_ids.max()) >= self.config.type_vocab_size:
-            raise ValueError(
-                f"token_type_ids must lie in [0, {self.config.type_vocab_size}) (config.type_vocab_size)"
-            )
-        if position_ids is not None and position_ids.numel() and int(position_ids.max()) >= self.config.max_position_embeddings:
-            raise ValueError(f"position_ids must lie in [0, {self.config.max_position_embeddings})")
-        return shape
-
     def forward(
         self,
         input_ids=None,
@@ -449,7 +453,7 @@ class IBertModel(IBertPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        B, L = self._check_inputs(input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids)
+        B, L = check_encoder_inputs(self.config, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids)
         device = input_ids.device if input_ids is not None else inputs_embeds.device
 
         # Boolean (B, 1, 1, L) mask, True = attend: masked keys get probability exactly 0.

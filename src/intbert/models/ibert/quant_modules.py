@@ -315,8 +315,17 @@ class QuantAct(nn.Module):
             q = torch.round(t.detach().double() / scale.double())
             return q.clamp(intops.INT32_MIN, intops.INT32_MAX).long()
         s_t = _as_scale(s_t, t)
-        m, e = intops.dyadic(s_t.double() / scale.double())
+        m, e = requant_multiplier(s_t, scale)
         return fused.rescale(ints_of(t, s_t), m, e, int_bits_of(t))
+
+
+def requant_multiplier(s_in: torch.Tensor, s_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dyadic (m, e) of a requantization from scale ``s_in`` to ``s_out`` (both float32 tensors).
+
+    The one definition used by QuantAct's forward and by ``intbert.freeze``, so the frozen engine
+    multiplies by exactly the same integers.
+    """
+    return intops.dyadic(s_in.double() / s_out.double())
 
 
 # --------------------------------------------------------------------------------------------
@@ -505,7 +514,8 @@ class IntSoftmax(nn.Module):
         finite = x > self.MASKED_BELOW
         keep = finite if mask is None else finite & mask
         with torch.no_grad():
-            q_in = ints_of(torch.where(finite, x, torch.zeros_like(x)), scale)
+            # Scores from an integer matmul carry their exact integers; only additive float masks need the where.
+            q_in = ints_of(x if _attached(x) is not None else torch.where(finite, x, torch.zeros_like(x)), scale)
             q = fused.int_softmax(q_in, keep, intops.softmax_constants(scale), self.output_bit)
         out_scale = torch.full((1,), 2.0**-self.output_bit, device=x.device)
         value = q.to(x.dtype) * out_scale

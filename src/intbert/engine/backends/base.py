@@ -1,0 +1,66 @@
+"""The backend interface of the frozen engine: the few integer operations an encoder layer needs.
+
+A backend gets integer tensors and the constant modules of ``engine.modules`` and returns integer
+tensors. Every backend must give the same integers as :class:`~.reference.ReferenceBackend`, the
+plain-torch definition (tests/test_engine_backends.py compares them with ``torch.equal``). The
+composite methods at the bottom exist so a fast backend can fuse a chain into one kernel; their
+default bodies are the definition.
+
+Tensor conventions: activations int8, probabilities uint8, GEMM accumulators int32, LayerNorm
+inputs and outputs int32, i-GELU outputs int64; masks are bool (True = attend).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..modules import GELUConstants, IntLinear, LayerNormConstants, Requant, ResidualRequant, SoftmaxConstants
+
+
+class Backend:
+    name = "abstract"
+
+    def supports(self, device: torch.device) -> bool:
+        raise NotImplementedError
+
+    # -- primitives -------------------------------------------------------------------------------
+    def linear(self, x: torch.Tensor, lin: IntLinear) -> torch.Tensor:
+        """int8 [..., K] -> int32 [..., N] = x @ W^T + b (exact; the freeze bound keeps it in int32)."""
+        raise NotImplementedError
+
+    def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Batched a @ b of int8/uint8 operands -> int32 (attention scores and context)."""
+        raise NotImplementedError
+
+    def requantize(self, q: torch.Tensor, rq: Requant) -> torch.Tensor:
+        raise NotImplementedError
+
+    def residual(self, a: torch.Tensor, b: torch.Tensor, add: ResidualRequant) -> torch.Tensor:
+        raise NotImplementedError
+
+    def softmax(self, scores: torch.Tensor, keep: torch.Tensor | None, sm: SoftmaxConstants) -> torch.Tensor:
+        raise NotImplementedError
+
+    def gelu(self, q: torch.Tensor, g: GELUConstants) -> torch.Tensor:
+        raise NotImplementedError
+
+    def layernorm(self, q: torch.Tensor, ln: LayerNormConstants) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- composites (fusable) -----------------------------------------------------------------------
+    def linear_requant(self, x: torch.Tensor, lin: IntLinear, rq: Requant) -> torch.Tensor:
+        return self.requantize(self.linear(x, lin), rq)
+
+    def linear_gelu_requant(self, x, lin: IntLinear, g: GELUConstants, rq1: Requant, rq2: Requant) -> torch.Tensor:
+        """FFN up: linear -> i-GELU -> 8-bit (output_activation) -> 8-bit (the layer's pre_output_act)."""
+        return self.requantize(self.requantize(self.gelu(self.linear(x, lin), g), rq1), rq2)
+
+    def linear_residual_layernorm(self, x, lin: IntLinear, residual, add: ResidualRequant, ln: LayerNormConstants,
+                                  rq: Requant) -> torch.Tensor:
+        """dense -> + residual (22-bit) -> LayerNorm -> 8-bit."""
+        return self.requantize(self.layernorm(self.residual(self.linear(x, lin), residual, add), ln), rq)
+
+    def attention(self, q, k, v, keep, sm: SoftmaxConstants):
+        """(B, nh, L, d) int8 q, k, v -> (context int32 (B, nh, L, d), probabilities uint8 (B, nh, L, L))."""
+        probs = self.softmax(self.matmul(q, k.transpose(-1, -2)), keep, sm)
+        return self.matmul(probs, v), probs
