@@ -1,0 +1,178 @@
+"""The frozen integer engine: bit-exact with the simulation, integer-only, overflow-checked.
+
+Every comparison is torch.equal: the engine must give the simulation's integers at every layer
+boundary and the same logits, for every head, several shapes (odd head size), padding and batch > 1.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import intbert
+from intbert.engine import FrozenIBert, freeze, ort_gemm
+from intbert.errors import OverflowRiskError, UncalibratedError
+from intbert.models.ibert.quant_modules import ints_of
+
+from test_ibert_modeling import HEADS, SHAPES, batch, build, calibrated, head_model, tiny_config
+
+BACKENDS = ["reference", pytest.param("cpu", marks=pytest.mark.skipif(
+    not ort_gemm.ort_available(), reason="needs onnxruntime"))]
+
+
+def _outputs_equal(ref, out):
+    for key, value in ref.items():
+        if torch.is_tensor(value):
+            assert torch.equal(value, out[key]), key
+        elif isinstance(value, tuple):
+            assert len(value) == len(out[key]) and all(torch.equal(a, b) for a, b in zip(value, out[key])), key
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(HEADS))
+def test_every_head_frozen_gives_bit_identical_outputs(name, backend):
+    model = head_model(name, quant=True)
+    make = HEADS[name][3]
+    frozen = freeze(model, backend=backend)
+    for seed in (5, 6):
+        x = make(seed)
+        with torch.no_grad():
+            _outputs_equal(model(**x), frozen(**x))
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("weight_bit", [8, 7])
+def test_integers_equal_the_simulation_at_every_layer_boundary(shape, weight_bit):
+    model = calibrated(build(intbert.IBertModel, tiny_config(True, shape, weight_bit=weight_bit)))
+    frozen = freeze(model, backend="reference")
+    x = batch(7, b=4, seq=9, pad_last=3)
+    seen = []
+    hooks = [layer.register_forward_hook(lambda m, a, out: seen.append(ints_of(out[0], out[1])))
+             for layer in [model.embeddings] + list(model.encoder.layer)]
+    with torch.no_grad():
+        sim = model(**x, output_hidden_states=True, output_attentions=True)
+    for h in hooks:
+        h.remove()
+    q, states, probs = frozen.encoder.encode(x["input_ids"], x["attention_mask"], x["token_type_ids"],
+                                             output_hidden_states=True, output_attentions=True)
+    assert len(states) == len(seen) == model.config.num_hidden_layers + 1
+    for i, (sim_q, eng_q) in enumerate(zip(seen, states)):
+        assert eng_q.dtype == torch.int8
+        assert torch.equal(sim_q.long(), eng_q.long()), f"boundary {i}"
+    for sim_p, eng_p in zip(sim.attentions, probs):
+        assert eng_p.dtype == torch.uint8
+        assert torch.equal(sim_p, eng_p.float() / 256)
+    out = frozen(**x, output_hidden_states=True, output_attentions=True)
+    _outputs_equal(sim, out)
+
+
+def test_weight_bit_7_quantizes_encoder_weights_to_7_bits():
+    model = calibrated(build(intbert.IBertModel, tiny_config(True, weight_bit=7)))
+    frozen = freeze(model)
+    for layer in frozen.encoder.layer:
+        for lin in (layer.query, layer.key, layer.value, layer.attention_dense, layer.intermediate, layer.output_dense):
+            assert lin.weight_bit == 7 and int(lin.weight.abs().max()) == 63  # the full 7-bit range is used
+
+
+class _DtypeRecorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.float_ops = []
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        self.count += 1
+        if any(t.is_floating_point() for t in tensors):
+            self.float_ops.append((str(func), [t.dtype for t in tensors]))
+        return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_encoder_runs_no_float_op_between_ids_and_last_hidden_state(backend):
+    model = head_model("seqcls_single_label", quant=True)
+    frozen = freeze(model, backend=backend)
+    x = batch(3)
+    rec = _DtypeRecorder()
+    with rec:
+        q, _, _ = frozen.encoder.encode(x["input_ids"], x["attention_mask"], x["token_type_ids"])
+    assert rec.count > 50  # the mode saw the ops (ORT GEMMs run outside torch and are integer by construction)
+    assert rec.float_ops == []
+    assert q.dtype == torch.int8
+
+
+def test_boolean_and_integer_masks_agree_and_masked_keys_get_zero_probability():
+    model = head_model("model", quant=True)
+    frozen = freeze(model, backend="reference")
+    x = batch(4, pad_last=3)
+    ids, mask = x["input_ids"], x["attention_mask"]
+    _, _, probs_int = frozen.encoder.encode(ids, mask, output_attentions=True)
+    _, _, probs_bool = frozen.encoder.encode(ids, mask.bool(), output_attentions=True)
+    for a, b in zip(probs_int, probs_bool):
+        assert torch.equal(a, b)
+        assert int(a[0, :, :, -3:].max()) == 0
+
+
+def test_padding_does_not_change_a_sentence_integers():
+    model = head_model("model", quant=True)
+    frozen = freeze(model)
+    x = batch(8, b=2, seq=9, pad_last=0)
+    alone, _, _ = frozen.encoder.encode(x["input_ids"][:1, :6], torch.ones(1, 6, dtype=torch.long))
+    ids = x["input_ids"].clone()
+    ids[0, 6:] = 1
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0
+    padded, _, _ = frozen.encoder.encode(ids, mask)
+    assert torch.equal(alone[0], padded[0, :6])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Refusals
+
+
+def test_freeze_refuses_float_uncalibrated_and_force_dequant_models():
+    with pytest.raises(ValueError, match="quant_mode"):
+        freeze(build(intbert.IBertModel, tiny_config(False)))
+    with pytest.raises(UncalibratedError):
+        freeze(build(intbert.IBertModel, tiny_config(True)))
+    with pytest.raises(ValueError, match="force_dequant"):
+        freeze(calibrated(build(intbert.IBertModel, tiny_config(True, force_dequant="gelu"))))
+    with pytest.raises(TypeError, match="I-BERT"):
+        freeze(torch.nn.Linear(2, 2))
+
+
+def test_overflowing_configurations_raise_at_freeze_time():
+    model = calibrated(build(intbert.IBertModel, tiny_config(True)))
+    # A GELU input scale below 2^-20 could overflow the int64 i-GELU polynomial.
+    act = model.encoder.layer[0].pre_intermediate_act
+    act.x_min.fill_(-1e-7)
+    act.x_max.fill_(1e-7)
+    with pytest.raises(OverflowRiskError, match="GELU"):
+        freeze(model)
+    model = calibrated(build(intbert.IBertModel, tiny_config(True, max_position_embeddings=70_000)))
+    with pytest.raises(OverflowRiskError, match="attention context"):
+        freeze(model)
+
+
+def test_engine_refuses_inputs_embeds_head_mask_and_bad_ids():
+    frozen = freeze(head_model("model", quant=True))
+    x = batch(1)
+    with pytest.raises(ValueError, match="input_ids"):
+        frozen(inputs_embeds=torch.zeros(1, 3, 32))
+    with pytest.raises(ValueError, match="head_mask"):
+        frozen(**x, head_mask=torch.ones(4))
+    with pytest.raises(ValueError, match="vocab_size"):
+        frozen(input_ids=torch.full((1, 3), 10_000))
+    with pytest.raises(ValueError, match="unknown engine backend"):
+        frozen.set_backend("tpu")
+
+
+def test_freezing_leaves_the_simulation_model_untouched_and_usable():
+    model = head_model("seqcls_single_label", quant=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    freeze(model)
+    assert model.training and model.ibert is not None
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
