@@ -125,6 +125,8 @@ class FrozenIBert(nn.Module):
             model = _rebuild(head, config, tensors, backend if backend is not None else engine.get("backend"))
         except KeyError as err:
             raise ValueError(f"{weights_path} does not match its config ({head}): missing tensor {err}") from err
+        except RuntimeError as err:  # load_state_dict of the float head layers: size mismatches
+            raise ValueError(f"{weights_path} does not match its config ({head}): {err}") from err
         return cls(model.to(device))
 
 
@@ -146,16 +148,17 @@ def _unique_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
 def _rebuild(head: str, config: IBertConfig, tensors: dict, backend: str | None) -> nn.Module:
     """The head model (float layers on the meta device, then loaded) around the integer encoder."""
     if head == "IBertModel":
-        pooler = _float_module(modeling_ibert.IBertPooler, config, tensors, "pooler.")
-        integer = IntegerIBertModel.from_state(config, tensors, "", pooler, backend)
+        integer = IntegerIBertModel.from_state(config, tensors, "", None, backend)
+        integer.pooler = _float_module(modeling_ibert.IBertPooler, config, tensors, "pooler.")
         _check_consumed(integer.state_dict(), tensors, "")
         return integer
     cls = getattr(modeling_ibert, head)
     with torch.device("meta"):
         model = cls(config)
-    base = model.ibert
-    pooler = _float_module(modeling_ibert.IBertPooler, config, tensors, "ibert.pooler.") if base.pooler is not None else None
-    model.ibert = IntegerIBertModel.from_state(config, tensors, "ibert.", pooler, backend)
+    has_pooler = model.ibert.pooler is not None
+    model.ibert = IntegerIBertModel.from_state(config, tensors, "ibert.", None, backend)
+    if has_pooler:
+        model.ibert.pooler = _float_module(modeling_ibert.IBertPooler, config, tensors, "ibert.pooler.")
     own = {k: v for k, v in tensors.items() if not k.startswith("ibert.")}
     missing, unexpected = model.load_state_dict(own, strict=False, assign=True)
     missing = [k for k in missing if not k.startswith("ibert.")]

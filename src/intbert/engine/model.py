@@ -45,6 +45,24 @@ def _parts_from_state(spec: dict, tensors: dict, prefix: str) -> dict:
     return {name: kind.from_state(tensors, f"{prefix}{name}.") for name, kind in spec.items()}
 
 
+def _check_shapes(config: IBertConfig, embeddings: "IntEmbeddings", layers: list) -> None:
+    """The tensors must have the config's sizes (a file saved from another model fails here, by name)."""
+    H, I = config.hidden_size, config.intermediate_size
+    want = {"embeddings.word": (config.vocab_size, H), "embeddings.token_type": (config.type_vocab_size, H),
+            "embeddings.position": (config.max_position_embeddings, H)}
+    got = {"embeddings.word": embeddings.word.shape, "embeddings.token_type": embeddings.token_type.shape,
+           "embeddings.position": embeddings.position.shape}
+    for i, layer in enumerate(layers):
+        for name, shape in (("query", (H, H)), ("key", (H, H)), ("value", (H, H)), ("attention_dense", (H, H)),
+                            ("intermediate", (I, H)), ("output_dense", (H, I))):
+            want[f"layer.{i}.{name}.weight"] = shape
+            got[f"layer.{i}.{name}.weight"] = getattr(layer, name).weight.shape
+    bad = [f"{k} {tuple(got[k])} (config: {v})" for k, v in want.items() if tuple(got[k]) != v]
+    if bad:
+        raise ValueError(f"integer tensors do not match the config's sizes (hidden_size {H}, intermediate_size {I}, "
+                         f"vocab_size {config.vocab_size}): " + "; ".join(bad[:4]))
+
+
 class IntEmbeddings(nn.Module):
     """word + token type (16-bit) + position (16-bit) -> integer LayerNorm -> int8."""
 
@@ -117,6 +135,7 @@ class IntegerIBertModel(nn.Module):
     def __init__(self, config: IBertConfig, embeddings: IntEmbeddings, layers: list[IntLayer],
                  pooler: nn.Module | None = None, backend: str | None = None):
         super().__init__()
+        _check_shapes(config, embeddings, layers)
         self.config = config
         self.embeddings = embeddings
         self.layer = nn.ModuleList(layers)
