@@ -9,6 +9,7 @@ in ``intbert.quantization``. ``freeze`` turns a calibrated I-BERT into the integ
 from .calibration import calibrate
 from .engine import FrozenIBert, freeze
 from .errors import OverflowRiskError, UncalibratedError
+from .export import export_onnx, verify_onnx
 from .models.ibert import (
     IBertConfig,
     IBertForMaskedLM,
@@ -59,5 +60,7 @@ __all__ = [
     "FrozenIBert",
     "bert_to_ibert",
     "calibrate",
+    "export_onnx",
     "freeze",
+    "verify_onnx",
 ]

@@ -1,0 +1,38 @@
+"""ONNX export of quantized models, and the check that onnxruntime reproduces them.
+
+``export_onnx`` picks the exporter by the model's family (below: the one place to add a family); ``verify_onnx``
+compares any exported model with its PyTorch original. onnx, onnxruntime and onnxscript (the dynamo exporter) are
+imported only when an export or a verification runs: ``pip install 'intbert[onnx]'``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from torch import nn
+
+from .errors import ExportError
+from .qdq_onnx import QDQExportResult, export_qdqbert_onnx
+from .verify import VerifyReport, verify_onnx
+
+__all__ = ["ExportError", "QDQExportResult", "VerifyReport", "export_onnx", "verify_onnx"]
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, target: str = "onnxruntime", **options):
+    """Export a calibrated quantized ``model`` to the ONNX file ``path`` for ``target``.
+
+    QDQBERT heads (``QDQBertPreTrainedModel``): QuantizeLinear/DequantizeLinear graphs, ``target`` "onnxruntime" or
+    "tensorrt"; ``options`` are `export_qdqbert_onnx`'s (``opset``, ``dynamo``, ``reduce_range``); returns a
+    `QDQExportResult`.
+
+    Raises:
+        TypeError: no exporter handles this model's family.
+    """
+    from intbert.models.qdqbert import QDQBertPreTrainedModel
+
+    if isinstance(model, QDQBertPreTrainedModel):
+        return export_qdqbert_onnx(model, path, target, **options)
+    raise TypeError(
+        f"export_onnx has no exporter for {type(model).__name__}; supported: QDQBERT heads (QDQBertModel, "
+        "QDQBertFor*, QDQBertLMHeadModel)"
+    )

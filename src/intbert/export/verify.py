@@ -1,0 +1,127 @@
+"""``verify_onnx``: run the PyTorch model and its ONNX export on the same batches and say how far apart they are.
+
+The reference is the model as exported: for a ``reduce_range`` export (read from the file's ``intbert.reduce_range``
+metadata) the model's 8-bit weights are temporarily given the 7 bits the graph holds, so the report measures the
+export, not that deliberate change. The onnxruntime session uses ORT's full optimizations (what a deployment runs),
+and the report also counts the int8 kernels in the graph ORT optimized.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .ort_kernels import inspect_optimized_graph
+from .qdq_form import reduced_weight_range
+
+__all__ = ["VerifyReport", "verify_onnx"]
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Agreement between a model and its ONNX export on some batches.
+
+    ``max_abs_diff`` / ``mean_abs_diff``: over every element of every output of every batch. ``per_output``: the same
+    two numbers per output name. ``int8_kernels``: int8 kernels in onnxruntime's optimized graph (by op type in
+    ``int8_kernel_counts``); ``unfused_dequantized_gemms``: quantized MatMul/Gemm nodes ORT left in float32.
+    """
+
+    max_abs_diff: float
+    mean_abs_diff: float
+    per_output: dict[str, tuple[float, float]]
+    int8_kernels: int
+    int8_kernel_counts: dict[str, int]
+    unfused_dequantized_gemms: int
+    batches: int
+    target: str | None = None
+    reduce_range: bool = False
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        kernels = ", ".join(f"{op} {n}" for op, n in self.int8_kernel_counts.items()) or "none"
+        return (f"max |diff| {self.max_abs_diff:.3g}, mean |diff| {self.mean_abs_diff:.3g} over {self.batches} batches; "
+                f"int8 kernels in onnxruntime: {self.int8_kernels} ({kernels})")
+
+
+def _as_inputs(batch, names: list[str]) -> dict[str, torch.Tensor]:
+    """A batch (dict of model inputs, or a tensor of input ids) as the graph's inputs, with the model's defaults."""
+    if isinstance(batch, torch.Tensor):
+        batch = {"input_ids": batch}
+    if not isinstance(batch, dict) or "input_ids" not in batch:
+        raise TypeError("each batch must be a dict with 'input_ids' (e.g. a tokenizer's output) or a tensor of ids")
+    ids = batch["input_ids"]
+    defaults = {"attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    missing = [name for name in names if name not in batch and name not in defaults]
+    if missing:
+        raise ValueError(f"the graph needs inputs {missing}, which the batch lacks")
+    return {name: batch[name] if name in batch else defaults[name] for name in names}
+
+
+def verify_onnx(
+    model: nn.Module,
+    onnx_path: str | os.PathLike,
+    batches: Iterable,
+    *,
+    threads: int | None = None,
+) -> VerifyReport:
+    """Compare ``model`` (eval, no grad) with the ONNX file in onnxruntime (CPU) on ``batches``.
+
+    ``batches``: dicts of model inputs (``input_ids`` and optionally ``attention_mask``, ``token_type_ids``) or
+    tensors of input ids. Outputs are matched by name (the graph's outputs are ``ModelOutput`` fields).
+
+    Raises:
+        ValueError: the file was exported from another model class, or no batch was given.
+    """
+    session, graph = inspect_optimized_graph(onnx_path, threads=threads)
+    metadata = dict(session.get_modelmeta().custom_metadata_map)
+    exported_class = metadata.get("intbert.model_class")
+    if exported_class is not None and exported_class != type(model).__name__:
+        raise ValueError(f"{onnx_path} was exported from a {exported_class}, not a {type(model).__name__}")
+    input_names = [i.name for i in session.get_inputs()]
+    output_names = [o.name for o in session.get_outputs()]
+    reduce_range = metadata.get("intbert.reduce_range") == "true"
+
+    max_diff = {name: 0.0 for name in output_names}
+    sum_diff = {name: 0.0 for name in output_names}
+    count = {name: 0 for name in output_names}
+    n_batches = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), reduced_weight_range(model, enabled=reduce_range):
+            for batch in batches:
+                inputs = _as_inputs(batch, input_names)
+                device = next(model.parameters()).device
+                expected = model(**{k: v.to(device) for k, v in inputs.items()}, return_dict=True)
+                got = session.run(output_names, {k: v.cpu().numpy().astype(np.int64) for k, v in inputs.items()})
+                for name, value in zip(output_names, got):
+                    reference = getattr(expected, name).detach().cpu().double().numpy()
+                    if reference.shape != value.shape:
+                        raise ValueError(f"output {name}: onnxruntime gave shape {value.shape}, torch {reference.shape}")
+                    diff = np.abs(value.astype(np.float64) - reference)
+                    max_diff[name] = max(max_diff[name], float(diff.max(initial=0.0)))
+                    sum_diff[name] += float(diff.sum())
+                    count[name] += diff.size
+                n_batches += 1
+    finally:
+        model.train(was_training)
+    if not n_batches:
+        raise ValueError("batches is empty; give at least one batch to compare on")
+    total = sum(count.values())
+    return VerifyReport(
+        max_abs_diff=max(max_diff.values()),
+        mean_abs_diff=sum(sum_diff.values()) / max(total, 1),
+        per_output={name: (max_diff[name], sum_diff[name] / max(count[name], 1)) for name in output_names},
+        int8_kernels=graph.int8_kernels,
+        int8_kernel_counts=graph.int8_kernel_counts(),
+        unfused_dequantized_gemms=graph.unfused_dequantized_gemms,
+        batches=n_batches,
+        target=metadata.get("intbert.target"),
+        reduce_range=reduce_range,
+        metadata=metadata,
+    )
