@@ -1,0 +1,83 @@
+"""``intbert export``: a calibrated QDQBERT folder -> an ONNX file, checked against the PyTorch model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from . import deploy
+from .arguments import add_batch_options, add_data_options, positive_int
+from .artifacts import load_quantized
+from .checkpoints import inspect_checkpoint, load_tokenizer
+from .console import megabytes
+from .errors import UsageError
+from .inference import make_batches, model_max_length
+from .textfile import read_examples
+
+TARGETS = ("onnxruntime", "tensorrt")
+#: Without --data, the check runs on random token ids of these lengths (padding included), from a fixed seed.
+SYNTHETIC_LENGTHS = (5, 17, 33)
+
+
+def synthetic_batches(config, lengths=SYNTHETIC_LENGTHS, batch_size: int = 4, seed: int = 0) -> list[dict]:
+    """Batches of random ids with ragged padding, so the check also covers masked positions."""
+    g = torch.Generator().manual_seed(seed)
+    low = min(config.vocab_size - 1, 5)  # skip the first ids, which are special tokens in BERT-style vocabularies
+    batches = []
+    for length in lengths:
+        length = min(length, model_max_length(config))
+        ids = torch.randint(low, config.vocab_size, (batch_size, length), generator=g)
+        mask = torch.ones_like(ids)
+        for row in range(1, batch_size):  # rows shorter by 0, 1, 2 ... tokens
+            mask[row, max(1, length - row):] = 0
+        ids = ids.masked_fill(mask == 0, config.pad_token_id or 0)
+        batches.append({"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)})
+    return batches
+
+
+def add_parser(commands) -> None:
+    p = commands.add_parser(
+        "export", help="export a calibrated QDQBERT folder to ONNX and check it in onnxruntime",
+        description="Write DIR's QDQBERT model as an ONNX graph with QuantizeLinear/DequantizeLinear nodes, then "
+                    "compare onnxruntime's outputs with PyTorch's (max/mean |diff|, int8 kernels).")
+    p.add_argument("dir", metavar="DIR", help="a folder written by intbert quantize --scheme qdq (or qat)")
+    p.add_argument("--onnx", metavar="PATH", type=Path, required=True, help="the .onnx file to write")
+    p.add_argument("--target", choices=TARGETS, default="onnxruntime",
+                   help="onnxruntime (uint8 activations, CPU int8 kernels) or tensorrt (signed int8); "
+                        "default: onnxruntime")
+    p.add_argument("--data", metavar="FILE", help="check on these examples (default: random token ids)")
+    p.add_argument("--max-examples", type=positive_int, default=64, metavar="N",
+                   help="examples of --data to check on (default: 64)")
+    add_data_options(p, labels=False)
+    add_batch_options(p, batch_size=16)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    ckpt = inspect_checkpoint(args.dir)
+    if not ckpt.quantized:
+        raise UsageError(f"{ckpt.path} has no quantization_report.json: quantize it first "
+                         "(intbert quantize MODEL --scheme qdq ...)")
+    if ckpt.report.get("scheme") != "qdq":
+        raise UsageError(f"{ckpt.path} is an I-BERT model; ONNX export covers QDQBERT (quantize with --scheme qdq). "
+                         "I-BERT runs on the integer engine: intbert predict / bench DIR")
+    if args.onnx.is_dir():
+        raise UsageError(f"--onnx {args.onnx} is a directory; give a file path such as model.onnx")
+    model = load_quantized(ckpt)
+    if args.data:
+        tokenizer = load_tokenizer(ckpt.path)
+        texts = read_examples(args.data, args.text_column).texts[: args.max_examples]
+        batches = make_batches(tokenizer, texts, args.batch_size,
+                               min(args.max_length, model_max_length(model.config))).batches
+    else:
+        batches = synthetic_batches(model.config)
+    args.onnx.parent.mkdir(parents=True, exist_ok=True)
+    result = deploy.export_onnx(model, args.onnx, args.target)
+    check = deploy.verify_onnx(model, args.onnx, batches)
+    print(f"wrote {args.onnx} ({megabytes(args.onnx.stat().st_size)}), target {args.target}: "
+          f"{result.quantize_nodes} QuantizeLinear, {result.dequantize_nodes} DequantizeLinear, "
+          f"{result.quantized_linears} quantized linears")
+    print(f"  onnxruntime vs PyTorch on {check.batches} batches: {check}")
+    return 0

@@ -1,0 +1,105 @@
+"""``intbert qat``: quantization-aware fine-tuning of a sequence classifier, saved calibrated (I-BERT: frozen).
+
+The quantized model is calibrated first (QAT starts from PTQ ranges, as the reference recipes do), then
+trained with transformers' Trainer on the labelled training file, then measured on the evaluation file.
+For several GPUs, launch it as ``torchrun --nproc_per_node N -m intbert.cli qat ...``: Trainer spreads the
+batches and only the main process writes DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import deploy, ptq
+from .arguments import add_batch_options, add_data_options, positive_int
+from .artifacts import FORMATS, check_output_dir, write_model_dir
+from .checkpoints import build_quantized, inspect_checkpoint, load_float, load_tokenizer, set_seed
+from .console import progress_enabled, table
+from .errors import UsageError
+from .evaluate import evaluate
+from .inference import make_batches, model_max_length
+from .quantize import SCHEME_NAMES
+from .report import build_report
+from .textfile import label_ids, label_names, read_examples
+from .training import TrainSettings, train_classifier
+
+HEAD = "sequence-classification"
+
+
+def add_parser(commands) -> None:
+    p = commands.add_parser(
+        "qat", help="quantization-aware fine-tuning of a sequence classifier",
+        description="Calibrate MODEL as I-BERT or QDQBERT with a sequence-classification head (a new one when MODEL "
+                    "has none), fine-tune it with quantization in the loop on --train, measure it on --eval against "
+                    "the float model, and write DIR like intbert quantize (I-BERT frozen to the integer engine).")
+    p.add_argument("model", metavar="MODEL", help="BERT / RoBERTa / I-BERT checkpoint directory")
+    p.add_argument("--train", metavar="FILE", required=True, help="labelled training examples (.csv/.tsv/.jsonl)")
+    p.add_argument("--eval", dest="eval_file", metavar="FILE", required=True, help="labelled evaluation examples")
+    p.add_argument("--scheme", choices=tuple(SCHEME_NAMES), required=True, help="ibert or qdq")
+    p.add_argument("--method", choices=ptq.ALL_METHODS[:-1], default=ptq.DEFAULT_METHOD,
+                   help="calibration method before training (default: mse)")
+    p.add_argument("--out", metavar="DIR", type=Path, required=True, help="output directory")
+    p.add_argument("--epochs", type=float, default=1.0, help="training epochs (default: 1)")
+    p.add_argument("--max-steps", type=int, default=-1, metavar="N", help="stop after N steps (overrides --epochs)")
+    p.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (default: 2e-5)")
+    p.add_argument("--calib-examples", type=positive_int, default=256, metavar="N",
+                   help="training examples to calibrate on first (default: 256)")
+    p.add_argument("--no-freeze", action="store_true", help="I-BERT: save the simulation, not the frozen model")
+    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_data_options(p)
+    add_batch_options(p, batch_size=16)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.lr <= 0 or args.epochs <= 0:
+        raise UsageError("--lr and --epochs must be > 0")
+    ckpt = inspect_checkpoint(args.model)
+    if ckpt.quantized:
+        raise UsageError(f"{ckpt.path} was already quantized by intbert; start QAT from its float model")
+    check_output_dir(args.out, args.overwrite)
+    train = read_examples(args.train, args.text_column, args.label_column, require_labels=True)
+    held = read_examples(args.eval_file, args.text_column, args.label_column, require_labels=True)
+    tokenizer = load_tokenizer(ckpt.path)
+    overrides = {}
+    if ckpt.head != HEAD:  # a new head: its labels come from the training file
+        id2label = label_names(train.labels)
+        overrides = {"num_labels": len(id2label), "id2label": id2label,
+                     "label2id": {v: k for k, v in id2label.items()}}
+    set_seed(args.seed)
+    model = build_quantized(ckpt, args.scheme, HEAD, **overrides)
+    config = model.config
+    labels = label_ids(train.labels, config.label2id, config.num_labels, str(train.path))
+    label_ids(held.labels, config.label2id, config.num_labels, str(held.path))  # fail now, not after training
+    max_length = min(args.max_length, model_max_length(config))
+    progress = progress_enabled()
+    calib = make_batches(tokenizer, train.texts[: args.calib_examples], args.batch_size, max_length).batches
+    ptq.calibrate(model, args.scheme, args.method, calib, progress)
+    settings = TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=max_length,
+                             max_steps=args.max_steps, seed=args.seed)
+    trained = train_classifier(model, tokenizer, train.texts, labels, settings, progress)
+    if not trained["main_process"]:
+        return 0  # under torchrun, the main process evaluates and writes DIR
+    reference = load_float(ckpt) if ckpt.head == HEAD else None
+    fmt = "qdq" if args.scheme == "qdq" else ("simulation" if args.no_freeze else "frozen")
+    saved = deploy.freeze(model) if fmt == "frozen" else model
+    metrics = evaluate(reference, saved, tokenizer, held, HEAD, batch_size=args.batch_size, max_length=max_length,
+                       progress=progress)
+    qat = {"train_file": str(train.path.resolve()), "train_examples": len(train), "epochs": args.epochs,
+           "max_steps": args.max_steps, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
+           "steps": trained["steps"], "training_loss": trained["training_loss"]}
+    calibration = {"file": str(train.path.resolve()), "examples": min(len(train), args.calib_examples),
+                   "batch_size": args.batch_size, "max_length": max_length}
+    report = build_report(scheme=args.scheme, fmt=fmt, method=args.method, model=model, source=ckpt,
+                          calibration=calibration, extra={"qat": qat, "eval": {"file": str(held.path.resolve()),
+                                                                               **metrics}})
+    write_model_dir(args.out, saved, tokenizer, report, args.overwrite)
+    print(f"wrote {args.out}: {FORMATS[fmt]}, QAT {trained['steps']} steps on {len(train)} examples "
+          f"(final training loss {trained['training_loss']:.4f})")
+    rows = [["on " + held.path.name, "FP32 (" + ckpt.path.name + ")", "INT8 after QAT"]]
+    float_acc = f"{metrics['accuracy_float']:.4f}" if "accuracy_float" in metrics else "- (no trained head)"
+    rows.append(["accuracy", float_acc, f"{metrics['accuracy_quantized']:.4f}"])
+    print(table(rows))
+    return 0

@@ -1,0 +1,128 @@
+"""``intbert quantize``: a float checkpoint -> a calibrated I-BERT (frozen to the integer engine) or QDQBERT folder."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from . import deploy, ptq
+from .arguments import add_batch_options, add_data_options, positive_int
+from .artifacts import FORMATS, check_output_dir, weights_bytes, write_model_dir
+from .checkpoints import Checkpoint, build_quantized, inspect_checkpoint, load_float, load_tokenizer, set_seed
+from .console import megabytes, progress_enabled
+from .errors import UsageError
+from .inference import make_batches, model_max_length, run_model
+from .report import build_report
+from .textfile import Examples, read_examples
+
+#: With --method best, this share of the calibration examples (at most HELD_OUT_MAX) scores the methods.
+HELD_OUT_SHARE, HELD_OUT_MAX = 0.25, 256
+SCHEME_NAMES = {"ibert": "I-BERT", "qdq": "QDQBERT"}
+
+
+@dataclass(frozen=True)
+class Quantized:
+    out: Path
+    model: nn.Module  # what was saved: a FrozenIBert, or the calibrated simulation / QDQBERT model
+    fmt: str
+    method: str
+    report: dict
+
+
+
+
+def quantize_checkpoint(ckpt: Checkpoint, scheme: str, method: str, examples: Examples, out: Path, *,
+                        batch_size: int = 32, max_length: int = 128, freeze: bool = True, overwrite: bool = False,
+                        percentile: float = 99.99, seed: int = 0, progress: bool = False,
+                        extra_report: dict | None = None) -> Quantized:
+    """Calibrate ``ckpt`` as ``scheme`` on ``examples`` and write ``out``; the step behind the command and the demo."""
+    if ckpt.quantized:
+        raise UsageError(f"{ckpt.path} was already quantized by intbert; quantize its float model "
+                         f"{ckpt.report.get('source', {}).get('path', '')}".rstrip())
+    ptq.check_method(scheme, method)
+    check_output_dir(out, overwrite)
+    tokenizer = load_tokenizer(ckpt.path)
+    set_seed(seed)
+    model = build_quantized(ckpt, scheme)
+    max_length = min(max_length, model_max_length(model.config))
+    calib_examples, scores = examples, None
+    if method == "best":
+        held = min(HELD_OUT_MAX, max(1, int(len(examples) * HELD_OUT_SHARE)))
+        if len(examples) < 2:
+            raise UsageError("--method best needs at least 2 calibration examples (some score the methods)")
+        calib_examples = examples.head(len(examples) - held)
+        held_out = make_batches(tokenizer, examples.texts[len(examples) - held:], batch_size, max_length)
+        reference = run_model(load_float(ckpt), held_out, ckpt.head, progress=progress, desc="float reference")
+        batches = make_batches(tokenizer, calib_examples.texts, batch_size, max_length).batches
+        choice = ptq.choose_best(model, scheme, ckpt.head, batches, held_out, reference, progress, percentile)
+        method, scores = choice.method, choice.scores
+    else:
+        batches = make_batches(tokenizer, examples.texts, batch_size, max_length).batches
+        ptq.calibrate(model, scheme, method, batches, progress, percentile)
+    fmt = "qdq" if scheme == "qdq" else ("frozen" if freeze else "simulation")
+    calibration = {"file": str(examples.path.resolve()), "examples": len(calib_examples), "batch_size": batch_size,
+                   "max_length": max_length}
+    if method == "percentile":
+        calibration["percentile"] = percentile
+    extra = dict(extra_report or {})
+    if scores is not None:
+        extra["method_scores"] = scores
+    report = build_report(scheme=scheme, fmt=fmt, method=method, model=model, source=ckpt, calibration=calibration,
+                          extra=extra)
+    saved = deploy.freeze(model) if fmt == "frozen" else model
+    write_model_dir(out, saved, tokenizer, report, overwrite)
+    return Quantized(out, saved, fmt, method, report)
+
+
+def add_parser(commands) -> None:
+    p = commands.add_parser(
+        "quantize", help="calibrate a BERT / RoBERTa / I-BERT checkpoint as I-BERT or QDQBERT and save it",
+        description="Load a BERT, RoBERTa or I-BERT checkpoint directory (BERT converts to I-BERT), calibrate it on "
+                    "FILE, freeze I-BERT to the integer engine, and write DIR: config, weights, tokenizer and "
+                    "quantization_report.json (every range / amax and the method).")
+    p.add_argument("model", metavar="MODEL", help="checkpoint directory (config.json, weights, tokenizer)")
+    p.add_argument("--scheme", choices=tuple(SCHEME_NAMES), required=True,
+                   help="ibert: integer-only I-BERT; qdq: QDQBERT (BERT with Q/DQ nodes)")
+    p.add_argument("--calib-data", metavar="FILE", required=True,
+                   help="calibration text: one example per line, or a .csv/.tsv/.jsonl column")
+    p.add_argument("--method", choices=ptq.ALL_METHODS, default=ptq.DEFAULT_METHOD,
+                   help="calibration method (default: mse); I-BERT takes max, mse or ema; QDQBERT max, percentile, "
+                        "mse or entropy; best tries each and keeps the closest to float on a held-out quarter")
+    p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default: 99.99)")
+    p.add_argument("--out", metavar="DIR", required=True, type=Path, help="output directory")
+    p.add_argument("--max-examples", type=positive_int, default=512, metavar="N",
+                   help="calibrate on the first N examples (default: 512)")
+    p.add_argument("--no-freeze", action="store_true",
+                   help="I-BERT: save the calibrated simulation instead of the frozen integer model")
+    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_data_options(p, labels=False)
+    add_batch_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0 < args.percentile <= 100:
+        raise UsageError(f"--percentile must be in (0, 100], got {args.percentile}")
+    ckpt = inspect_checkpoint(args.model)
+    ptq.check_method(args.scheme, args.method)
+    check_output_dir(args.out, args.overwrite)
+    examples = read_examples(args.calib_data, args.text_column).head(args.max_examples)
+    result = quantize_checkpoint(ckpt, args.scheme, args.method, examples, args.out, batch_size=args.batch_size,
+                                 max_length=args.max_length, freeze=not args.no_freeze, overwrite=args.overwrite,
+                                 percentile=args.percentile, seed=args.seed, progress=progress_enabled())
+    ranges = result.report["ranges"]
+    count = len(ranges.get("activations", ranges.get("quantizers", {})))
+    print(f"wrote {result.out}: {FORMATS[result.fmt]}, method {result.method}, "
+          f"calibrated on {result.report['calibration']['examples']} examples from {examples.path}")
+    if "method_scores" in result.report:
+        for method, s in result.report["method_scores"].items():
+            agree = f"agreement {s['agreement']:.4f}, " if "agreement" in s else ""
+            print(f"  {method:<10} {agree}mean cosine {s['cosine_mean']:.4f}")
+    print(f"  {count} {'activation ranges' if args.scheme == 'ibert' else 'quantizers'} in "
+          f"{result.out / 'quantization_report.json'}; weights {megabytes(weights_bytes(result.out))} "
+          f"(float: {megabytes(weights_bytes(ckpt.path))})")
+    return 0
