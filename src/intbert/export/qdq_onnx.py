@@ -9,8 +9,8 @@
 3. checks the written graph: one QuantizeLinear per activation quantizer, each read by a DequantizeLinear, and one
    DequantizeLinear per weight quantizer reading an int8 initializer. A graph that lost its Q/DQ nodes (what an
    exporter that ignores the translations produces) fails here instead of deploying as float;
-4. for ``target="onnxruntime"``: loads the graph in onnxruntime, reads back the graph ORT optimized, and requires one
-   int8 kernel (``MatMulIntegerToFloat``, ``QLinearMatMul``, ...) per quantized linear layer;
+4. for ``target="onnxruntime"``: loads the graph in onnxruntime, runs it once, reads back the graph ORT optimized, and
+   requires one int8 kernel (``MatMulIntegerToFloat``, ``QLinearMatMul``, ...) per quantized linear layer;
 5. only then moves the file to ``path`` (written beside it under a temporary name, then ``os.replace``).
 
 The graph's inputs are ``input_ids``, ``attention_mask`` and ``token_type_ids`` (int64); its outputs are the head's
@@ -45,7 +45,8 @@ from .errors import ExportError
 from .qdq_form import TARGETS, QDQCounts, export_form
 from .qdq_ops import MIN_OPSET, dynamo_translation_table, register_torchscript_symbolics
 
-__all__ = ["QDQExportResult", "HEAD_OUTPUTS", "export_qdqbert_onnx", "check_qdq_graph", "DEFAULT_OPSET"]
+__all__ = ["QDQExportResult", "HEAD_OUTPUTS", "export_qdqbert_onnx", "check_qdq_graph", "check_int8_kernels",
+           "DEFAULT_OPSET"]
 
 # 18: LayerNormalization is a single node (17+), and the dynamo exporter builds opset 18 natively (another opset goes
 # through onnx's version converter). Per-channel Q/DQ needs 13 (`MIN_OPSET`).
@@ -201,6 +202,14 @@ def check_qdq_graph(model_proto, counts: QDQCounts) -> None:
             for attribute in node.attribute:
                 if attribute.name == "value":
                     constants[node.output[0]] = attribute.t.data_type
+    # ... and writes each repeated initializer once, the repeats as Identity nodes reading it.
+    identities = {node.output[0]: node.input[0] for node in graph.node if node.op_type == "Identity"}
+    for name in identities:
+        source = name
+        while source in identities:
+            source = identities[source]
+        if source in constants:
+            constants[name] = constants[source]
     quantize = [n for n in graph.node if n.op_type == "QuantizeLinear"]
     dequantize = [n for n in graph.node if n.op_type == "DequantizeLinear"]
     q_outputs = {n.output[0] for n in quantize}
@@ -231,20 +240,29 @@ def check_qdq_graph(model_proto, counts: QDQCounts) -> None:
         )
 
 
-def _check_int8_kernels(file: str, counts: QDQCounts) -> tuple[int, dict[str, int]]:
+def check_int8_kernels(file: str, counts: QDQCounts, example: dict[str, torch.Tensor]) -> tuple[int, dict[str, int]]:
+    """Load ``file`` in onnxruntime, run it once on ``example`` and require one int8 kernel per quantized linear.
+
+    The run matters: ORT can fuse a pattern into a kernel that then refuses its inputs at run time (a per-channel
+    activation scale fused into MatMulIntegerToFloat fails with "Per-Channel is not supported yet" on the first run).
+    """
     from .ort_kernels import inspect_optimized_graph
 
     try:
-        _, graph = inspect_optimized_graph(file)
+        session, graph = inspect_optimized_graph(file)
+        session.run(None, {name: value.numpy() for name, value in example.items()})
     except Exception as err:  # ORT's own errors carry no common base class
-        raise ExportError(f"onnxruntime could not load the exported graph: {err}") from err
+        raise ExportError(
+            f"onnxruntime could not run the exported graph: {err}. For target='onnxruntime', keep activation "
+            "quantizers per tensor (ORT's int8 kernels take one activation scale), or export with target='tensorrt'"
+        ) from err
     if graph.int8_kernels < counts.quantized_linears:
         raise ExportError(
             f"onnxruntime runs {graph.int8_kernels} int8 kernels ({graph.int8_kernel_counts()}) for "
             f"{counts.quantized_linears} quantized linear layers: {graph.unfused_dequantized_gemms} quantized MatMul/Gemm "
             "nodes stay float32 on dequantized values. ORT fuses DQ->MatMul into an int8 GEMM only with per-tensor "
-            "activation scales, int8/uint8 8-bit tensors and dynamic (not fully static) shapes; check for per-channel "
-            "activation quantizers, or use target='tensorrt' for a graph that only TensorRT will run"
+            "activation scales, dynamic (not fully static) shapes, and uint8 activations where one quantized tensor "
+            "feeds several MatMuls (int8 ones then stay float)"
         )
     return graph.int8_kernels, graph.int8_kernel_counts()
 
@@ -323,7 +341,7 @@ def export_qdqbert_onnx(
         onnx.save(proto, final)
         kernels = kernel_counts = None
         if target == "onnxruntime":
-            kernels, kernel_counts = _check_int8_kernels(final, counts)
+            kernels, kernel_counts = check_int8_kernels(final, counts, inputs)
         os.replace(final, path)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
