@@ -161,6 +161,12 @@ def test_linear_threads_default_to_torch():
     assert OrtLinear(_weight(12, 7, (3, 8)), 7, num_threads=1).num_threads == 1
 
 
+def test_linear_session_does_not_keep_a_second_copy_of_the_weight():
+    """ORT's Python session would hold the serialized model (weight included) next to its prepacked copy."""
+    lin = OrtLinear(_weight(14, 8, (16, 32)), 8)
+    assert getattr(lin._session, "_model_bytes", None) is None
+
+
 def test_linear_rejects_bad_weights():
     with pytest.raises(TypeError, match="int8"):
         OrtLinear(torch.zeros(3, 4), 8)
