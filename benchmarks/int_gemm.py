@@ -185,9 +185,9 @@ def attention_rows(threads: int, clock, min_s: float, reps: int, gen) -> tuple[l
     return rows, list(paths)
 
 
-def overhead(threads: int) -> None:
-    """Per-call cost of tiny products, where the GEMM itself is negligible: wall microseconds."""
-    print(f"\nPer-call overhead, {threads} thread(s), wall time, median of 2000-call batches:\n")
+def overhead(threads: int, clock, clock_name: str) -> None:
+    """Per-call cost of tiny products, where the GEMM itself is negligible, in microseconds."""
+    print(f"\nPer-call overhead, {threads} thread(s), {clock_name}, median of 2000-call batches ({load()}):\n")
     print("| call | us per call |")
     print("|---|---|")
     gen = torch.Generator().manual_seed(1)
@@ -200,7 +200,7 @@ def overhead(threads: int) -> None:
             def batch(fn=fn):
                 for _ in range(2000):
                     fn()
-            print(f"| {name} | {timed(batch, time.perf_counter, 0.0, 5) / 2000 * 1e6:.1f} |")
+            print(f"| {name} | {timed(batch, clock, 0.0, 5) / 2000 * 1e6:.1f} |")
     bmm = OrtBatchedMatMul(num_threads=threads)
     a = torch.randint(0, 256, (1, 1, 1, 64), generator=gen, dtype=torch.uint8)
     b = torch.randint(0, 256, (1, 1, 64, 1), generator=gen, dtype=torch.uint8)
@@ -209,7 +209,7 @@ def overhead(threads: int) -> None:
         for _ in range(2000):
             bmm(a, 128, b, 128)
     print(f"| OrtBatchedMatMul [1,1,1,64]x[1,1,64,1] ({bmm.kernel}) | "
-          f"{timed(batch_bmm, time.perf_counter, 0.0, 5) / 2000 * 1e6:.1f} |")
+          f"{timed(batch_bmm, clock, 0.0, 5) / 2000 * 1e6:.1f} |")
 
 
 def spinning(threads: int) -> None:
@@ -266,11 +266,13 @@ def main() -> None:
     if args.exactness_only:
         return
 
+    def pick_clock(threads: int):
+        use_process = args.clock == "process" or (args.clock == "auto" and threads == 1)
+        return (time.process_time, "process CPU time") if use_process else (time.perf_counter, "wall time")
+
     for threads in args.threads:
         torch.set_num_threads(threads)
-        use_process = args.clock == "process" or (args.clock == "auto" and threads == 1)
-        clock = time.process_time if use_process else time.perf_counter
-        clock_name = "process CPU time" if use_process else "wall time"
+        clock, clock_name = pick_clock(threads)
         gen = torch.Generator().manual_seed(threads)
         print(f"### {threads} thread(s), {clock_name}, GOPS = 2*M*K*N / median time ({load()})\n")
         rows, names = linear_rows(threads, clock, args.min_seconds, args.repeats, gen)
@@ -282,7 +284,8 @@ def main() -> None:
         print("|---" * (len(names) + 4) + "|")
         print("\n".join(rows))
         print(f"\n({load()})\n")
-    overhead(args.threads[0])
+    torch.set_num_threads(args.threads[0])
+    overhead(args.threads[0], *pick_clock(args.threads[0]))
     if max(args.threads) > 1:
         spinning(max(args.threads))
 
