@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertModel
 
+from intbert.engine import freeze
 from intbert.data import mean_pooled_embeddings, minilm_path, rotten_tomatoes_sentences, tokenized_batches
 from intbert.models.ibert import calibrate_ibert
 from intbert.models.ibert.convert import bert_to_ibert
@@ -55,9 +56,14 @@ def test_calibrated_quant_minilm_keeps_sentence_embeddings_close_to_float(tokeni
     reference = mean_pooled_embeddings(float_bert, evaluation)
     model = bert_to_ibert(minilm_path(), quant_mode=True)
     calibrate_ibert(model, batches(tokenizer, N_CALIB, 0))
-    cos = torch.nn.functional.cosine_similarity(mean_pooled_embeddings(model, evaluation), reference)
+    simulated = mean_pooled_embeddings(model, evaluation)
+    cos = torch.nn.functional.cosine_similarity(simulated, reference)
     summary = (f"cosine to float over {len(cos)} sentences: min {cos.min():.4f}, mean {cos.mean():.4f}, "
                f"median {cos.median():.4f}, p5 {cos.quantile(0.05):.4f}")
     print(summary)
     assert len(cos) == N_EVAL and torch.all(cos <= 1 + 1e-6)
     assert cos.mean() >= MIN_MEAN_COSINE, summary
+
+    # The frozen integer engine gives the simulation's sentence embeddings exactly (issue 3, §6).
+    frozen = freeze(model)
+    assert torch.equal(mean_pooled_embeddings(frozen, evaluation), simulated)
