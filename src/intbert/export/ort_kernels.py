@@ -94,16 +94,27 @@ def inspect_optimized_graph(onnx_path: str | os.PathLike, *, threads: int | None
 def u8s8_may_saturate() -> bool | None:
     """Whether ORT's u8 x s8 GEMM on this CPU can saturate: True on x86 without an int32-accumulating int8 dot product.
 
-    MLAS's AVX2 kernel multiplies u8 x s8 with ``vpmaddubsw``, which adds each pair of products in saturating int16:
-    ``2 * 255 * 128 = 65280 > 32767``, so full 8-bit weights can overflow. AVX512-VNNI / AVX-VNNI (``vpdpbusd``) and
-    AMX accumulate in int32, and ARM's kernels widen before adding: False there. ``None`` when it cannot be told
-    (x86 outside Linux, unknown machines).
+    MLAS's AVX2 (and AVX-512 without VNNI) kernel multiplies u8 x s8 with ``vpmaddubsw``, which adds each pair of
+    products in saturating int16: ``2 * 255 * 128 = 65280 > 32767``, so full 8-bit weights can overflow. AVX512-VNNI /
+    AVX-VNNI (``vpdpbusd``) and AMX accumulate in int32, and ARM's kernels widen before adding: False there. ``None``
+    when it cannot be told.
+
+    The features come from CPUID (torch's cpuinfo), as MLAS picks its kernel, not from /proc/cpuinfo: under an
+    emulated CPU (qemu -cpu ...) the two disagree and only CPUID tells what MLAS will run.
     """
     machine = platform.machine().lower()
     if machine in ("aarch64", "arm64"):
         return False
     if machine not in ("x86_64", "amd64", "i386", "i686"):
         return None
+    try:
+        import torch
+
+        capabilities = torch.cpu.get_capabilities()
+    except (AttributeError, RuntimeError):  # torch without cpuinfo capabilities: fall back to the kernel's view
+        capabilities = None
+    if capabilities:
+        return not any(capabilities.get(flag) for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
