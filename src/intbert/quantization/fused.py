@@ -52,6 +52,9 @@ def _closure(fn, names: tuple[str, ...], static: dict):
         it = iter(tensors)
         return fn(*[static[n] if n in static else next(it) for n in names])
 
+    # Dynamo keeps one cache (and one recompile budget) per code object; a fresh code object per variant
+    # keeps each variant's guards short instead of queueing every variant of every twin behind one code.
+    bound.__code__ = bound.__code__.replace(co_name=f"{fn.__name__}_{len(_compiled)}")
     return bound
 
 
