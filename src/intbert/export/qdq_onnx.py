@@ -19,6 +19,7 @@ The graph's inputs are ``input_ids``, ``attention_mask`` and ``token_type_ids`` 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -171,11 +172,21 @@ def _torch_export(entry: nn.Module, inputs: dict, input_axes: tuple[str, ...], o
             dims = {name: torch.export.Dim(name, min=1) for name in input_axes if name != "sequence"}
             dims["sequence"] = torch.export.Dim("sequence", min=1, max=max_sequence)
             dynamic_shapes = {name: {i: dims[axis] for i, axis in enumerate(input_axes)} for name in INPUT_NAMES}
-            torch.onnx.export(
-                entry, (), file, kwargs=inputs, input_names=list(INPUT_NAMES), output_names=output_names,
-                opset_version=opset, dynamo=True, dynamic_shapes=dynamic_shapes, custom_translation_table=table,
-                external_data=False, verbose=False, optimize=False,
-            )  # fmt: skip
+            # torch's registry logs one warning per torchvision op it cannot find; BERT uses none of them.
+            registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+            level = registry_log.level
+            registry_log.setLevel(logging.ERROR)
+            try:
+                # optimize=False: onnxscript's optimizer merges Q/DQ pairs that read the same tensor with equal scales
+                # (q/k/v and the residual quantizers), which breaks one pair per quantizer; onnxruntime optimizes the
+                # graph when it loads it anyway.
+                torch.onnx.export(
+                    entry, (), file, kwargs=inputs, input_names=list(INPUT_NAMES), output_names=output_names,
+                    opset_version=opset, dynamo=True, dynamic_shapes=dynamic_shapes, custom_translation_table=table,
+                    external_data=False, verbose=False, optimize=False,
+                )  # fmt: skip
+            finally:
+                registry_log.setLevel(level)
         else:
             register_torchscript_symbolics()
             dynamic_axes = {name: dict(enumerate(input_axes)) for name in INPUT_NAMES}
