@@ -29,6 +29,8 @@ class VerifyReport:
     ``max_abs_diff`` / ``mean_abs_diff``: over every element of every output of every batch. ``per_output``: the same
     two numbers per output name. ``int8_kernels``: int8 kernels in onnxruntime's optimized graph (by op type in
     ``int8_kernel_counts``); ``unfused_dequantized_gemms``: quantized MatMul/Gemm nodes ORT left in float32.
+    ``int8_hidden_equal``: I-BERT graphs only, whether ``last_hidden_state_int8`` equals the engine's int8 states in
+    every batch (that output is then left out of ``max_abs_diff`` / ``mean_abs_diff``, which cover the float outputs).
     """
 
     max_abs_diff: float
@@ -41,11 +43,15 @@ class VerifyReport:
     target: str | None = None
     reduce_range: bool = False
     metadata: dict[str, str] = field(default_factory=dict)
+    int8_hidden_equal: bool | None = None
 
     def __str__(self) -> str:
         kernels = ", ".join(f"{op} {n}" for op, n in self.int8_kernel_counts.items()) or "none"
-        return (f"max |diff| {self.max_abs_diff:.3g}, mean |diff| {self.mean_abs_diff:.3g} over {self.batches} batches; "
+        text = (f"max |diff| {self.max_abs_diff:.3g}, mean |diff| {self.mean_abs_diff:.3g} over {self.batches} batches; "
                 f"int8 kernels in onnxruntime: {self.int8_kernels} ({kernels})")
+        if self.int8_hidden_equal is not None:
+            text += f"; int8 hidden states bit-identical: {'yes' if self.int8_hidden_equal else 'NO'}"
+        return text
 
 
 def _as_inputs(batch, names: list[str]) -> dict[str, torch.Tensor]:
@@ -79,6 +85,10 @@ def verify_onnx(
     """
     session, graph = inspect_optimized_graph(onnx_path, threads=threads)
     metadata = dict(session.get_modelmeta().custom_metadata_map)
+    if metadata.get("intbert.exporter") == "ibert":  # integer I-BERT graph: compared with the engine's integers
+        from .ibert_onnx import verify_ibert_onnx
+
+        return verify_ibert_onnx(model, session, graph, metadata, batches)
     exported_class = metadata.get("intbert.model_class")
     if exported_class is not None and exported_class != type(model).__name__:
         raise ValueError(f"{onnx_path} was exported from a {exported_class}, not a {type(model).__name__}")
