@@ -17,8 +17,8 @@ not a shell shim).
 
     python benchmarks/qdqbert_onnx.py [--threads 2] [--repeats 10] [--dynamo] [--saturation]
 
-Every session gets ``intra_op_num_threads = --threads``; times are medians after one warm-up run: wall clock with 2 or
-more threads, process CPU time with 1 thread (robust to other jobs time-slicing the core; on a quiet machine the two
+Every session gets ``intra_op_num_threads = --threads``; the graphs take turns run by run (so a change in machine load
+hits them alike) and times are medians after one warm-up run: wall clock with 2 or more threads, process CPU time with 1 thread (robust to other jobs time-slicing the core; on a quiet machine the two
 agree). Prints the CPU, the load average before and after (a busy machine makes 2-thread numbers meaningless: use
 --threads 1 then), and markdown tables.
 """
@@ -116,14 +116,17 @@ def qdq_graphs(model: QDQBertModel, batches, folder: str, dynamo: bool, tag: str
 CLOCK = time.perf_counter  # main() switches to time.process_time for 1 thread
 
 
-def median_ms(session, feed: dict, repeats: int) -> float:
-    session.run(None, feed)  # warm-up: first-run allocations and kernel packing
-    times = []
+def interleaved_median_ms(sessions: dict, feed: dict, repeats: int) -> dict[str, float]:
+    """Median ms per session; the sessions take turns, run by run, so that a change in machine load hits them alike."""
+    for session in sessions.values():
+        session.run(None, feed)  # warm-up: first-run allocations and kernel packing
+    times = {name: [] for name in sessions}
     for _ in range(repeats):
-        start = CLOCK()
-        session.run(None, feed)
-        times.append((CLOCK() - start) * 1e3)
-    return statistics.median(times)
+        for name, session in sessions.items():
+            start = CLOCK()
+            session.run(None, feed)
+            times[name].append((CLOCK() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def bert_base(args, folder: str) -> None:
@@ -159,16 +162,16 @@ def bert_base(args, folder: str) -> None:
                         "token_type_ids": np.zeros((batch, 128), np.int64)}
     with torch.no_grad():
         reference = float_model(**{k: torch.from_numpy(v) for k, v in feeds[8].items()}).last_hidden_state.numpy()
+    sessions = {name: make_session(path, threads=args.threads) for name, path in graphs.items()}
+    ms = {batch: interleaved_median_ms(sessions, feeds[batch], args.repeats if batch == 1 else max(3, args.repeats // 2))
+          for batch in (1, 8)}
     rows = {}
     for name, path in graphs.items():
         _, graph = inspect_optimized_graph(path)
-        session = make_session(path, threads=args.threads)
-        ms = {batch: median_ms(session, feeds[batch], args.repeats if batch == 1 else max(3, args.repeats // 2))
-              for batch in (1, 8)}
-        out = session.run(None, feeds[8])[0]
+        out = sessions[name].run(None, feeds[8])[0]
         cos = torch.nn.functional.cosine_similarity(torch.from_numpy(out).flatten(0, 1),
                                                     torch.from_numpy(reference).flatten(0, 1)).mean().item()
-        rows[name] = (graph.int8_kernels, ms, cos)
+        rows[name] = (graph.int8_kernels, {batch: ms[batch][name] for batch in (1, 8)}, cos)
     base = rows["ORT dynamic int8 (per-tensor weights)"][1]
     for name, (kernels, ms, cos) in rows.items():
         print(f"| {name} | {kernels} | {ms[1]:.1f} | {ms[8]:.1f} | {base[1] / ms[1]:.2f}x | {base[8] / ms[8]:.2f}x "
@@ -196,27 +199,31 @@ def minilm(args, folder: str) -> None:
     print(f"\n### all-MiniLM-L6-v2, 500 Rotten Tomatoes snippets (batches of 32), {args.threads} thread(s)\n")
     print("| graph | int8 kernels | embedding pass s | vs dyn int8 | cos mean | cos min | ORT vs its torch model: cos mean / min |")
     print("|---|---|---|---|---|---|---|")
+    feeds = [{k: v.numpy() for k, v in batch.items() if k in INPUTS} for batch in evaluation]
+    sessions = {name: make_session(path, threads=args.threads) for name, (path, _) in graphs.items()}
+    for session in sessions.values():
+        session.run(None, feeds[0])  # warm-up
+    times = {name: [] for name in graphs}
+    pooled = {}
+    for _ in range(args.passes):  # the graphs take turns, pass by pass
+        for name, session in sessions.items():
+            embeddings = []
+            start = CLOCK()
+            for feed, batch in zip(feeds, evaluation):
+                hidden = session.run(None, feed)[0]
+                mask = batch["attention_mask"].unsqueeze(-1).float()
+                embeddings.append((torch.from_numpy(hidden) * mask).sum(1) / mask.sum(1).clamp(min=1))
+            times[name].append(CLOCK() - start)
+            pooled[name] = torch.cat(embeddings)
     rows = {}
     for name, (path, model) in graphs.items():
         _, graph = inspect_optimized_graph(path)
-        session = make_session(path, threads=args.threads)
-        session.run(None, {k: v.numpy() for k, v in evaluation[0].items() if k in INPUTS})  # warm-up
-        times, pooled = [], None
-        for _ in range(args.passes):
-            pooled = []
-            start = CLOCK()
-            for batch in evaluation:
-                hidden = session.run(None, {k: v.numpy() for k, v in batch.items() if k in INPUTS})[0]
-                mask = batch["attention_mask"].unsqueeze(-1).float()
-                pooled.append((torch.from_numpy(hidden) * mask).sum(1) / mask.sum(1).clamp(min=1))
-            times.append(CLOCK() - start)
-        pooled = torch.cat(pooled)
-        cos = torch.nn.functional.cosine_similarity(pooled, reference)
+        cos = torch.nn.functional.cosine_similarity(pooled[name], reference)
         agreement = ""
         if model is not None:  # the exported model itself, run in torch: does ORT reproduce it?
-            own = torch.nn.functional.cosine_similarity(pooled, mean_pooled_embeddings(model, evaluation))
+            own = torch.nn.functional.cosine_similarity(pooled[name], mean_pooled_embeddings(model, evaluation))
             agreement = f"{own.mean().item():.5f} / {own.min().item():.5f}"
-        rows[name] = (graph.int8_kernels, statistics.median(times), cos, agreement)
+        rows[name] = (graph.int8_kernels, statistics.median(times[name]), cos, agreement)
     base = rows["ORT dynamic int8 (per-tensor weights)"][1]
     for name, (kernels, seconds, cos, agreement) in rows.items():
         print(f"| {name} | {kernels} | {seconds:.2f} | {base / seconds:.2f}x | {cos.mean().item():.4f} "
@@ -254,7 +261,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per BERT-base shape (half for B=8)")
-    parser.add_argument("--passes", type=int, default=3, help="timed embedding passes per MiniLM graph")
+    parser.add_argument("--passes", type=int, default=5, help="timed embedding passes per MiniLM graph")
     parser.add_argument("--dynamo", action="store_true", help="export QDQ with the dynamo exporter (slower export)")
     parser.add_argument("--skip-base", action="store_true")
     parser.add_argument("--saturation", action="store_true", help="only part 3 (the u8 x s8 saturation check)")
