@@ -488,6 +488,7 @@ def _softmax_constants_oracle(S: float) -> dict[str, int]:
     return {
         "pre_shift": p,
         "x0": math.floor(-0.6931 / s),
+        "zm": -(-(2**33) // -math.floor(-0.6931 / s)),  # ceil(2^33 / -x0)
         "b": math.floor(I.EXP_B / s),
         "c": math.floor(I.EXP_C / s**2),
         "m": m,
@@ -736,3 +737,32 @@ def test_int_layernorm_worst_case_22_bit_alternating_rows_c_768():
     assert out.abs().max() < 2**31
     # also without the shift (an uncalibrated LN): var ~ 2^51.6, still exact
     _ln_check(q, 0, w, b)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Division-free floors (the definitions use multiplies where a division would not vectorise)
+
+
+def test_floor_div_by_reciprocal_equals_floor_division_over_the_whole_range():
+    g = gen(901)
+    y = torch.cat([torch.randint(-(2**23) + 1, 2**23, (4000,), generator=g),
+                   torch.tensor([0, 1, -1, 2**23 - 1, -(2**23) + 1, 2**22, -(2**22)])])
+    for d_values in (torch.randint(1, 2**32, (4000 + 7,), generator=g),
+                     torch.randint(1, 64, (4000 + 7,), generator=g),
+                     torch.tensor([1, 2, 3, 2**31 - 1, 2**31, 2**32 - 1, 12345]).repeat(4007 // 7 + 1)[:4007]):
+        want = torch.div(y << 30, d_values, rounding_mode="floor")
+        assert torch.equal(I.floor_div_by_reciprocal(y, d_values), want)
+    # exact multiples and their neighbours (remainder 0 and d - 1)
+    d = torch.randint(1, 2**20, (3000,), generator=g)
+    k = torch.randint(-(2**3), 2**3, (3000,), generator=g)
+    for delta in (-1, 0, 1):
+        a = k * d + delta  # y = a, so y << 30 sits on and beside multiples of d
+        assert torch.equal(I.floor_div_by_reciprocal(a, d), torch.div(a << 30, d, rounding_mode="floor"))
+
+
+@pytest.mark.parametrize("S", [2.0**-14, 3e-4, 1e-3, 0.05, 0.7, 2.0])
+def test_softmax_quotient_by_multiply_equals_floor_division_for_every_clamped_input(S):
+    c = I.softmax_constants(torch.tensor([S]))
+    x0 = int(c["x0"])
+    x = torch.arange(I.EXP_MAX_HALVINGS * x0, 1)  # every value the clamp lets through
+    assert torch.equal(((-x) * c["zm"]) >> I.EXP_Z_SHIFT, torch.div(x, x0, rounding_mode="floor"))

@@ -46,6 +46,8 @@ LN_OUTPUT_FRAC_BITS = 30
 EXP_FRAC_BITS = 15
 #: i-exp clamps its input at -EXP_MAX_HALVINGS * ln2 (the reference's ``const = 30``).
 EXP_MAX_HALVINGS = 30
+#: floor(x / x0) in i-exp is a multiply by ceil(2^EXP_Z_SHIFT / -x0) and a shift (int_softmax proves it exact).
+EXP_Z_SHIFT = 33
 #: Softmax normalisation numerator 2**SOFTMAX_SUM_BITS (the reference's ``max_bit = 32``).
 SOFTMAX_SUM_BITS = 32
 #: The i-exp polynomial needs c_int = floor(2.79/S**2) < 2**30, so the score scale is raised to at
@@ -307,9 +309,12 @@ def softmax_constants(scale: torch.Tensor) -> dict[str, torch.Tensor]:
     p = torch.where((p > 0) & (s * 2.0 ** (p - 1) >= EXP_MIN_INPUT_SCALE), p - 1, p)
     s = s * 2.0**p
     m, e = dyadic(EXP_A * s * s * 2.0**EXP_FRAC_BITS)
+    x0 = torch.floor(-EXP_LN2 / s).long()
     return {
         "pre_shift": p.long(),
-        "x0": torch.floor(-EXP_LN2 / s).long(),
+        "x0": x0,
+        # ceil(2^33 / -x0): z = floor(x / x0) by one multiply, exact for the clamped x (see int_softmax).
+        "zm": torch.div(2**EXP_Z_SHIFT - x0 - 1, -x0, rounding_mode="floor"),
         "b": torch.floor(EXP_B / s).long(),
         "c": torch.floor(EXP_C / s**2).long(),
         "m": m,
@@ -326,6 +331,10 @@ def int_softmax(
       q >>= pre_shift;  q -= max(q)                 (<= 0; masked positions excluded from the max)
       q  = max(q, 30 * x0)                           (exp(-30 ln2) ~ 1e-9 is 0 at 15 fraction bits)
       z  = q // x0 (>= 0), r = q - z*x0 in (x0, 0]  (exp(q S) = 2^-z exp(r S))
+           computed as (n * zm) >> 33 with n = -q in [0, 30 d], d = -x0 <= 11356 (S >= 2^-14),
+           zm = ceil(2^33 / d) = (2^33 + delta) / d, 0 <= delta < d: with n = z d + r',
+           n zm / 2^33 = z + r'/d + n delta / (d 2^33) and n delta < 30 d^2 < 2^33, so the fraction
+           stays below (r' + 1) / d <= 1 and the floor is exactly z (n zm < 2^38: int64).
       L  = (r + b) * r + c                           (0 < L < 2^30: a positive quadratic, r in (x0, 0])
       e  = round_half_up(L * m / 2^(e_m + z))        (exp(q S) * 2^15, in [0, 2^15]; L*m < 2^61)
       e  = 0 where masked
@@ -340,7 +349,7 @@ def int_softmax(
     x = x - x.amax(dim=-1, keepdim=True).clamp(min=neg_big + 1)
     x0 = consts["x0"]
     x = torch.clamp(x, min=EXP_MAX_HALVINGS * x0)
-    z = torch.div(x, x0, rounding_mode="floor")
+    z = ((-x) * consts["zm"]) >> EXP_Z_SHIFT  # = floor(x / x0), without a division (below)
     r = x - x0 * z
     poly = (r + consts["b"]) * r + consts["c"]
     shift = (z + consts["e"]).clamp(max=DYADIC_MAX_SHIFT)
@@ -441,7 +450,8 @@ def int_layernorm(q: torch.Tensor, shift: torch.Tensor, sign: torch.Tensor, bias
       y    = q - round_half_up(mean q)                   (|y| < 2^23)
       var  = sum((y >> shift)^2)                         (< C * 2^46, exact in int64)
       std  = max(isqrt(var) << shift, 1)                 (max(., 1): a constant row gives 0, not NaN: fix (e))
-      n    = (y * 2^30) // std                           (~ y / std * 2^30; |y * 2^30| < 2^53)
+      n    = (y * 2^30) // std                           (~ y / std * 2^30; |y * 2^30| < 2^53; std < 2^32
+                                                          since sum y^2 < C 2^46, C < 2^16; see floor_div_by_reciprocal)
       out  = clamp(sign * (n + bias_int), int32)         (scale S_out from layernorm_constants)
 
     The reference computes n as floor(y * floor(2^31 / std) / 2), whose inner floor has a relative
@@ -451,5 +461,27 @@ def int_layernorm(q: torch.Tensor, shift: torch.Tensor, sign: torch.Tensor, bias
     ys = y >> shift
     var = (ys * ys).sum(dim=-1, keepdim=True)
     std = (isqrt(var) << shift).clamp(min=1)
-    n = torch.div(y << LN_OUTPUT_FRAC_BITS, std, rounding_mode="floor")
+    n = floor_div_by_reciprocal(y, std)
     return (sign * (n + bias_int)).clamp_(INT32_MIN, INT32_MAX)
+
+
+def floor_div_by_reciprocal(y: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """floor(y * 2^30 / d) for int64 |y| < 2^23 and 1 <= d < 2^32 (d broadcast per row), exactly.
+
+    The same number as ``torch.div(y << 30, d, rounding_mode="floor")`` with one division per row
+    instead of one per element (integer division does not vectorise; this halves LayerNorm's time):
+      R  = floor(2^62 / d) = Rh 2^31 + Rl                      (per row; Rh <= 2^31, Rl < 2^31)
+      q0 = (y Rh + ((y Rl) >> 31)) >> 1 ~ y R / 2^32             (|y Rh|, |y Rl| < 2^54)
+    With X = y 2^30 / d: y R / 2^32 = X - y eps / 2^32 (0 <= eps < 1, so within 2^-9 of X) and the two
+    floors lose less than 1.5, so q0 is in [floor(X) - 2, floor(X) + 1]. The remainder
+    r = y 2^30 - q0 d (|.| < 2^54) then moves q0 to the one value with 0 <= r < d: one step down, two up.
+    """
+    R = torch.div(torch.full_like(d, 2**62), d, rounding_mode="floor")
+    q = (y * (R >> 31) + ((y * (R & (2**31 - 1))) >> 31)) >> 1
+    r = (y << LN_OUTPUT_FRAC_BITS) - q * d
+    low = r < 0
+    q, r = q - low.long(), r + low.long() * d
+    for _ in range(2):
+        high = r >= d
+        q, r = q + high.long(), r - high.long() * d
+    return q

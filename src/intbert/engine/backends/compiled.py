@@ -24,7 +24,7 @@ class CompiledElementwise:
 
     def softmax(self, scores, keep, sm):
         c = sm.as_dict()
-        return fused_ops.softmax_u8(scores, keep, c["pre_shift"], c["x0"], c["b"], c["c"], c["m"], c["e"],
+        return fused_ops.softmax_u8(scores, keep, c["pre_shift"], c["x0"], c["zm"], c["b"], c["c"], c["m"], c["e"],
                                     sm.output_bit)
 
     def gelu(self, q, g):

@@ -59,8 +59,8 @@ def layernorm_i32(q, shift, sign, ln_bias):
 
 
 @fused.twin
-def softmax_u8(scores, keep, pre_shift, x0, b, c, m, e, output_bit: int):
-    consts = {"pre_shift": pre_shift, "x0": x0, "b": b, "c": c, "m": m, "e": e}
+def softmax_u8(scores, keep, pre_shift, x0, zm, b, c, m, e, output_bit: int):
+    consts = {"pre_shift": pre_shift, "x0": x0, "zm": zm, "b": b, "c": c, "m": m, "e": e}
     return intops.int_softmax(scores, keep, consts, output_bit).to(torch.uint8)
 
 
