@@ -39,24 +39,30 @@ SHAPE = dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attent
 def machine(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} vCPUs)"
-    return platform.processor()
+    info = open("/proc/cpuinfo").read()
+    name = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")),
+                platform.processor())
+    flags = set(next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), []))
+    simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return f"{name}, {os.cpu_count()} vCPUs, {' '.join(simd) or 'no AVX2'}"
+
+
+CLOCK = time.perf_counter
 
 
 def timed(fn, repeats: int, device: str) -> float:
-    """Median wall ms of fn() after one warm-up call."""
+    """Median ms of fn() after two warm-up calls (the first compiles the integer kernels for the shape)."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     with torch.inference_mode():
-        fn()
+        for _ in range(2):
+            fn()
         sync()
         times = []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = CLOCK()
             fn()
             sync()
-            times.append(time.perf_counter() - start)
+            times.append(CLOCK() - start)
     return 1000 * statistics.median(times)
 
 
@@ -116,16 +122,27 @@ def main() -> None:
     parser.add_argument("--slow-repeats", type=int, default=1, help="repeats for transformers' quant mode")
     parser.add_argument("--skip-hf-quant", action="store_true")
     parser.add_argument("--layers", type=int, default=12, help="fewer layers for a quick check of the script")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time with process CPU time (robust on a shared machine; meaningful with --threads 1)")
     args = parser.parse_args()
+    global CLOCK
+    if args.cpu_time:
+        CLOCK = time.process_time
     torch.set_num_threads(args.threads)
     dev = args.device
     calib = [{"input_ids": torch.randint(3, SHAPE["vocab_size"], (8, args.seq), generator=torch.Generator().manual_seed(s))}
              for s in (1, 2)]
     roberta, hf_quant, sims = build_models(dev, calib, args.skip_hf_quant, args.layers)
     engines = {bits: intbert.freeze(sim) for bits, sim in sims.items()}
+    with tempfile.TemporaryDirectory() as workdir:  # checkpoint sizes: the float model vs the frozen integer model
+        roberta.save_pretrained(f"{workdir}/float")
+        engines[8].save_pretrained(f"{workdir}/int")
+        sizes = [os.path.getsize(f"{workdir}/{d}/model.safetensors") / 2**20 for d in ("float", "int")]
+    print(f"checkpoint: float {sizes[0]:.1f} MiB, frozen integer {sizes[1]:.1f} MiB ({sizes[1] / sizes[0]:.1%})")
     print(f"device: {dev} ({machine(dev)}), threads {torch.get_num_threads()}, torch {torch.__version__}, "
           f"transformers {transformers.__version__}; engine backend {engines[8].encoder.backend().name}")
-    print(f"RoBERTa-base shape, S={args.seq}; median of {args.repeats} after a warm-up "
+    print(f"RoBERTa-base shape, S={args.seq}; {'process CPU' if args.cpu_time else 'wall'} time, median of "
+          f"{args.repeats} after two warm-ups "
           f"({args.slow_repeats} for transformers' quant mode)\n")
 
     rows = {}

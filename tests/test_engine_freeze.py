@@ -176,3 +176,18 @@ def test_freezing_leaves_the_simulation_model_untouched_and_usable():
     freeze(model)
     assert model.training and model.ibert is not None
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "reference"])
+def test_on_cuda_the_engine_gives_the_cpu_integers(backend):
+    model = head_model("seqcls_single_label", quant=True)
+    x = batch(11, b=5, seq=24, pad_last=4)
+    cpu_q, _, _ = freeze(model, backend="reference").encoder.encode(x["input_ids"], x["attention_mask"],
+                                                                   x["token_type_ids"])
+    frozen = freeze(model.cuda(), backend=backend)
+    gpu_x = {k: v.cuda() for k, v in x.items()}
+    q, _, _ = frozen.encoder.encode(gpu_x["input_ids"], gpu_x["attention_mask"], gpu_x["token_type_ids"])
+    assert torch.equal(q.cpu(), cpu_q)
+    with torch.no_grad():
+        assert torch.equal(frozen(**gpu_x).logits, model(**gpu_x).logits)
