@@ -191,3 +191,20 @@ def test_on_cuda_the_engine_gives_the_cpu_integers(backend):
     assert torch.equal(q.cpu(), cpu_q)
     with torch.no_grad():
         assert torch.equal(frozen(**gpu_x).logits, model(**gpu_x).logits)
+
+
+def test_transformers_pipelines_run_on_the_frozen_head_with_the_simulations_scores():
+    from transformers import AutoTokenizer, pipeline
+
+    from intbert.data import minilm_path
+
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    config = tiny_config(True, vocab_size=tok.vocab_size, pad_token_id=tok.pad_token_id, max_position_embeddings=64)
+    model = build(intbert.IBertForSequenceClassification, config)
+    intbert.calibrate(model, [dict(tok(["a calibration sentence", "and another, longer one"], padding=True,
+                                       return_tensors="pt"))], method="minmax")
+    frozen = freeze(model)
+    texts = ["an integer-only encoder", "short"]
+    got = pipeline("text-classification", model=frozen.model, tokenizer=tok, top_k=None)(texts)
+    want = pipeline("text-classification", model=model, tokenizer=tok, top_k=None)(texts)
+    assert got == want
