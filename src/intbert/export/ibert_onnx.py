@@ -537,7 +537,8 @@ def export_ibert_onnx(model: nn.Module, path: str | os.PathLike, target: str = "
 def verify_ibert_onnx(model: nn.Module, session, graph, metadata: dict[str, str], batches):
     """`verify_onnx` for a graph written by `export_ibert_onnx` (called by it; see there).
 
-    ``model``: the FrozenIBert, or the simulation it was frozen from (frozen here to read its integers). Every output
+    ``model``: the FrozenIBert, or the simulation it was frozen from (frozen here with the reference backend to read
+    its integers: slow for large models, pass the FrozenIBert to use its own backend). Every output
     is compared with the model's: ``last_hidden_state_int8`` with the engine's int8 states (``int8_hidden_equal``),
     ``last_hidden_state`` with int8 * scale, and the head's fields with the model's outputs.
     """
