@@ -122,16 +122,19 @@ def test_every_head_exports_qdq_pairs_that_run_as_int8_kernels_and_agree(tmp_pat
 
 @pytest.mark.parametrize("cls,config,choices", [HEADS[0], HEADS[5]], ids=lambda c: getattr(c, "__name__", ""))
 def test_default_dynamo_exporter_keeps_every_qdq_node(tmp_path, cls, config, choices):
-    """torch.onnx.export's default (dynamo) exporter ignores autograd symbolic(); the custom-op translations survive."""
-    model = calibrated(cls, choices, **config)
+    """torch.onnx.export's default (dynamo) exporter ignores autograd symbolic(); the custom-op translations survive.
+
+    One layer: torch.export's tracing time grows with the graph, and one layer has every kind of quantizer.
+    """
+    model = calibrated(cls, choices, num_hidden_layers=1, **config)
     result = export_onnx(model, tmp_path / "model.onnx")  # defaults: onnxruntime target, dynamo exporter
     assert result.dynamo and result.target == "onnxruntime"
     counts = op_counts(result.path)
-    assert counts["QuantizeLinear"] == ACTIVATION_QUANTIZERS
-    assert counts["DequantizeLinear"] == ACTIVATION_QUANTIZERS + WEIGHT_QUANTIZERS
+    assert counts["QuantizeLinear"] == ACTIVATION_QUANTIZERS // LAYERS
+    assert counts["DequantizeLinear"] == (ACTIVATION_QUANTIZERS + WEIGHT_QUANTIZERS) // LAYERS
     report = verify_onnx(model, result.path, other_shapes(choices))
     assert_agrees(report)
-    assert report.int8_kernels >= QUANTIZED_LINEARS
+    assert report.int8_kernels == (QUANTIZED_LINEARS + ATTENTION_MATMULS) // LAYERS
 
 
 @pytest.mark.parametrize("position", ["relative_key", "relative_key_query"])
