@@ -71,7 +71,10 @@ def load_quantized(ckpt: Checkpoint, device: str = "cpu") -> nn.Module:
     if fmt not in FORMATS:
         raise UsageError(f"{ckpt.path / REPORT_NAME} has format {fmt!r}; this intbert reads {sorted(FORMATS)}")
     if fmt == "frozen":
-        return deploy.load_frozen(ckpt.path, device=device)
+        try:
+            return deploy.load_frozen(ckpt.path, device=device)
+        except ValueError as err:  # the engine's message for a truncated, mismatched or other-version file
+            raise UsageError(f"cannot load the frozen model in {ckpt.path}: {err}; quantize it again") from None
     return model_class(ckpt.family, ckpt.head).from_pretrained(ckpt.path).to(device).eval()
 
 

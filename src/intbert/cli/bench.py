@@ -72,8 +72,8 @@ def add_parser(commands) -> None:
     p = commands.add_parser(
         "bench", help="latency / throughput of float vs quantized vs exported, with a plot",
         description="Time DIR's float source, its quantized model (the frozen integer engine for I-BERT, fake-quant "
-                    "PyTorch for QDQBERT) and, for QDQBERT, its ONNX export in onnxruntime, on the same inputs in "
-                    "one run. Prints ratios to FP32; writes bench.json and latency.png to --out.")
+                    "PyTorch for QDQBERT) and its ONNX export in onnxruntime, on the same inputs in one run. Prints "
+                    "ratios to FP32; writes bench.json and latency.png to --out.")
     p.add_argument("dir", metavar="DIR", help="a folder written by intbert quantize or intbert qat")
     p.add_argument("--float", dest="float_model", metavar="MODEL",
                    help="float checkpoint to compare with (default: the source named in DIR's report)")
@@ -83,6 +83,8 @@ def add_parser(commands) -> None:
     p.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed calls per setting (default: 2)")
     p.add_argument("--iters", type=positive_int, default=10, metavar="N", help="timed calls per setting (default: 10)")
     p.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads (default: torch's)")
+    p.add_argument("--onnx", type=Path, metavar="PATH", help="time this exported file (from intbert export "
+                   "DIR --target onnxruntime) instead of exporting DIR again")
     p.add_argument("--no-onnx", action="store_true", help="skip the exported (ONNX) column")
     p.add_argument("--out", type=Path, metavar="DIR", help="where bench.json and latency.png go (default: DIR/bench)")
     add_device_option(p)
@@ -101,14 +103,14 @@ def _models(args, ckpt, device: str, scratch: Path) -> tuple[dict, dict, object]
     runners[f"INT8 ({FORMATS[ckpt.report['format']]})"] = torch_runner(quantized, config, device)
     if args.no_onnx:
         return runners, skipped, config
-    if ckpt.report["scheme"] != "qdq":
-        skipped["ONNX"] = "ONNX export covers QDQBERT; I-BERT's deployment is the integer engine above"
-    elif device != "cpu":
+    if device != "cpu":
         skipped["ONNX"] = "the exported model is timed in onnxruntime on the CPU (run with --device cpu)"
     else:
         try:
-            onnx_path = scratch / "model.onnx"
-            deploy.export_onnx(quantized, onnx_path, "onnxruntime")
+            onnx_path = args.onnx
+            if onnx_path is None:
+                onnx_path = scratch / "model.onnx"
+                deploy.export_onnx(quantized, onnx_path, "onnxruntime")
             session = deploy.OnnxModel(onnx_path, config, args.threads)
             runners["INT8 (ONNX, onnxruntime)"] = torch_runner(session, config, "cpu")
         except Unavailable as err:
@@ -151,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.onnx is not None and not args.onnx.is_file():
+        raise UsageError(f"--onnx {args.onnx}: no such file")
     out = args.out or ckpt.path / "bench"
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a directory")

@@ -61,17 +61,20 @@ class DemoSettings:
     max_steps: int = -1
     lr: float = 1e-4
     batch_size: int = 32
+    # I-BERT's mse range search subsamples each tensor, so it costs about the same per batch whatever the batch size:
+    # fewer, larger batches calibrate faster.
+    calibration_batch_size: int = 128
     max_length: int = 64
     latency_batch: int = 32
-    latency_iters: int = 5
+    latency_iters: int = 3
     onnx: bool = True
     progress: bool = field(default=False, compare=False)
 
     @classmethod
     def reduced(cls, cache_dir: Path, **changes) -> "DemoSettings":
         """A few steps on a few snippets: the whole pipeline in seconds, for tests."""
-        small = cls(cache_dir=cache_dir, train=32, test=16, calibration=16, max_steps=2, batch_size=8,
-                    latency_batch=4, latency_iters=1)
+        small = cls(cache_dir=cache_dir, train=16, test=8, calibration=8, max_steps=1, batch_size=8,
+                    calibration_batch_size=8, latency_batch=4, latency_iters=1)
         return replace(small, **changes)
 
     def training_key(self, base: Path) -> str:
@@ -142,13 +145,14 @@ def run_demo(settings: DemoSettings) -> dict:
     """The demo's pipeline; returns what it printed as data (rows, files, timings)."""
     started = time.perf_counter()
     base = Path(settings.base) if settings.base is not None else minilm_path()
+    base_name = base.name if settings.base is not None else "all-MiniLM-L6-v2"  # the package folder is "model"
     root = settings.cache_dir
     data = splits(settings.seed, {"test": settings.test, "calibration": settings.calibration, "train": settings.train})
     files = {name: write_csv(rows, root / "data" / f"{name}.csv") for name, rows in data.items()}
     test, calib, train = (read_examples(files[n]) for n in ("test", "calibration", "train"))
 
     key = settings.training_key(base)
-    _say(f"[1/4] fine-tuning {base.name} for sentiment on {len(train)} snippets ...")
+    _say(f"[1/4] fine-tuning {base_name} for sentiment on {len(train)} snippets ...")
     t0 = time.perf_counter()
     finetuned, reused = fine_tune(settings, base, train, root / f"finetuned-{key}")
     _say(f"      {'reused the cached model' if reused else f'done in {time.perf_counter() - t0:.0f} s'}: {finetuned}")
@@ -156,27 +160,37 @@ def run_demo(settings: DemoSettings) -> dict:
     tokenizer = load_tokenizer(finetuned)
     float_model = load_float(ckpt)
 
-    common = dict(batch_size=settings.batch_size, max_length=settings.max_length, overwrite=True, seed=settings.seed,
-                  progress=settings.progress)
+    common = dict(batch_size=settings.calibration_batch_size, max_length=settings.max_length, overwrite=True,
+                  seed=settings.seed, progress=settings.progress)
     _say(f"[2/4] I-BERT: calibrating ({ptq.DEFAULT_METHOD}) on {len(calib)} snippets and freezing to integers ...")
+    t0 = time.perf_counter()
     ibert = quantize_checkpoint(ckpt, "ibert", ptq.DEFAULT_METHOD, calib, root / "ibert", **common)
+    _say(f"      done in {time.perf_counter() - t0:.0f} s: {ibert.out}")
     _say("[3/4] QDQBERT: calibrating with max, percentile, mse and entropy; keeping the closest to FP32 ...")
+    t0 = time.perf_counter()
     qdq = quantize_checkpoint(ckpt, "qdq", "best", calib, root / "qdqbert", **common)
-    _say(f"      best: {qdq.method}")
+    _say(f"      best: {qdq.method}; done in {time.perf_counter() - t0:.0f} s: {qdq.out}")
 
-    models = {"FP32 (PyTorch)": (float_model, finetuned), "I-BERT INT8 (integer engine)": (ibert.model, ibert.out),
-              f"QDQBERT INT8 ({qdq.method}, PyTorch fake-quant)": (qdq.model, qdq.out)}
+    models = {"FP32 (PyTorch)": (float_model, finetuned), "I-BERT INT8 (integer engine)": (ibert.model, ibert.out)}
     notes = []
+    # QDQBERT deploys as its ONNX export (onnxruntime's int8 kernels); the PyTorch model only simulates the integers
+    # (fake quantization, slower than FP32), so it gets a row of its own only when there is no export.
+    qdq_torch = (f"QDQBERT INT8 ({qdq.method}, PyTorch fake-quant)", (qdq.model, qdq.out))
     if settings.onnx:
         onnx_path = root / "qdqbert.onnx"
+        t0 = time.perf_counter()
         try:
             deploy.export_onnx(qdq.model, onnx_path, "onnxruntime")
             models[f"QDQBERT INT8 ({qdq.method}, ONNX Runtime)"] = (deploy.OnnxModel(onnx_path, qdq.model.config),
                                                                      onnx_path)
+            _say(f"      exported to ONNX in {time.perf_counter() - t0:.0f} s: {onnx_path}")
         except Unavailable as err:
             notes.append(f"ONNX row skipped: {err}")
+    if not any(name.startswith("QDQBERT") for name in models):
+        models[qdq_torch[0]] = qdq_torch[1]
 
     _say(f"[4/4] measuring on {len(test)} held-out snippets ...")
+    t0 = time.perf_counter()
     rows = []
     for name, (model, path) in models.items():
         is_float = model is float_model
@@ -184,9 +198,10 @@ def run_demo(settings: DemoSettings) -> dict:
                            batch_size=settings.batch_size, max_length=settings.max_length, progress=settings.progress)
         rows.append(Row(name, metrics["accuracy_quantized"], metrics.get("agreement"), weights_bytes(path),
                         latency(model, tokenizer, test.texts, settings), path))
+    _say(f"      done in {time.perf_counter() - t0:.0f} s")
     result = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
-              "base": str(base), "finetuned": str(finetuned), "reused_finetuned": reused,
-              "threads": torch.get_num_threads(), "qdq_method": qdq.method,
+              "base": str(base), "base_name": base_name, "finetuned": str(finetuned), "reused_finetuned": reused,
+              "threads": torch.get_num_threads(), "qdq_method": qdq.method, "qdq_dir": str(qdq.out),
               "qdq_method_scores": qdq.report.get("method_scores"),
               "rows": [{**asdict(r), "path": str(r.path)} for r in rows], "notes": notes,
               "files": {"data": {k: str(v) for k, v in files.items()}},
@@ -206,13 +221,14 @@ def print_result(result: dict, settings: DemoSettings) -> None:
         lines.append([r["name"], f"{r['accuracy']:.3f}", agreement, megabytes(r["size_bytes"]),
                       f"{r['latency_ms']:.1f}", f"{fp32['latency_ms'] / r['latency_ms']:.2f}x"])
     print()
-    print(f"Rotten Tomatoes sentiment, {settings.test} held-out snippets; {Path(result['base']).name} fine-tuned on "
+    print(f"Rotten Tomatoes sentiment, {settings.test} held-out snippets; {result['base_name']} fine-tuned on "
           f"{settings.train} snippets; {result['threads']} CPU threads")
     print(table(lines))
     for note in result["notes"]:
         print(note)
     files = [("fine-tuned FP32 model", result["finetuned"] + ("  (cached, reused)" if result["reused_finetuned"] else ""))]
-    files += [(label, r["path"]) for label, r in zip(("I-BERT (frozen)", "QDQBERT", "QDQBERT ONNX"), rows[1:])]
+    files += [("I-BERT (frozen)", rows[1]["path"]), ("QDQBERT", result["qdq_dir"])]
+    files += [("QDQBERT ONNX", r["path"]) for r in rows[2:] if r["path"].endswith(".onnx")]
     files += [("data (text,label CSV)", str(Path(result["files"]["data"]["test"]).parent)),
               ("this table as JSON", str(settings.cache_dir / "results.json"))]
     print("\nfiles:")
@@ -220,7 +236,7 @@ def print_result(result: dict, settings: DemoSettings) -> None:
         print(f"  {label:<23}{path}")
     ibert_dir = rows[1]["path"]
     print(f"\nnext: intbert eval {ibert_dir} --data {result['files']['data']['test']}")
-    print(f"      intbert bench {rows[2]['path']}      intbert predict {ibert_dir} \"a gorgeous, moving film\"")
+    print(f"      intbert bench {result['qdq_dir']}      intbert predict {ibert_dir} \"a gorgeous, moving film\"")
     print(f"({result['seconds']:.0f} s in all)")
 
 

@@ -1,4 +1,8 @@
-"""``intbert export``: a calibrated QDQBERT folder -> an ONNX file, checked against the PyTorch model."""
+"""``intbert export``: a quantized folder -> an ONNX file, checked against the PyTorch model in onnxruntime.
+
+QDQBERT becomes a QuantizeLinear/DequantizeLinear graph (for onnxruntime or TensorRT); I-BERT becomes the frozen
+engine's integer-op graph (onnxruntime), whose int8 hidden states equal the engine's bit for bit.
+"""
 
 from __future__ import annotations
 
@@ -37,16 +41,25 @@ def synthetic_batches(config, lengths=SYNTHETIC_LENGTHS, batch_size: int = 4, se
     return batches
 
 
+def _graph(result) -> str:
+    """What the exporter wrote, in words: Q/DQ nodes for QDQBERT, the integer graph's kernels for I-BERT."""
+    if hasattr(result, "quantize_nodes"):
+        return (f"{result.quantize_nodes} QuantizeLinear, {result.dequantize_nodes} DequantizeLinear, "
+                f"{result.quantized_linears} quantized linears")
+    return (f"integer-only encoder graph, {sum(result.op_counts.values())} nodes, int8 GEMMs stored "
+            f"{result.weight_kernel}")
+
+
 def add_parser(commands) -> None:
     p = commands.add_parser(
-        "export", help="export a calibrated QDQBERT folder to ONNX and check it in onnxruntime",
-        description="Write DIR's QDQBERT model as an ONNX graph with QuantizeLinear/DequantizeLinear nodes, then "
-                    "compare onnxruntime's outputs with PyTorch's (max/mean |diff|, int8 kernels).")
-    p.add_argument("dir", metavar="DIR", help="a folder written by intbert quantize --scheme qdq (or qat)")
+        "export", help="export a quantized folder to ONNX and check it in onnxruntime",
+        description="Write DIR's model as an ONNX graph (QDQBERT: QuantizeLinear/DequantizeLinear nodes; I-BERT: the "
+                    "integer engine's ops), then compare onnxruntime's outputs with PyTorch's (max/mean |diff|, "
+                    "int8 kernels; I-BERT: whether the int8 hidden states are bit-identical).")
+    p.add_argument("dir", metavar="DIR", help="a folder written by intbert quantize or intbert qat")
     p.add_argument("--onnx", metavar="PATH", type=Path, required=True, help="the .onnx file to write")
     p.add_argument("--target", choices=TARGETS, default="onnxruntime",
-                   help="onnxruntime (uint8 activations, CPU int8 kernels) or tensorrt (signed int8); "
-                        "default: onnxruntime")
+                   help="onnxruntime (default) or tensorrt (QDQBERT only: signed int8 Q/DQ)")
     p.add_argument("--data", metavar="FILE", help="check on these examples (default: random token ids)")
     p.add_argument("--max-examples", type=positive_int, default=64, metavar="N",
                    help="examples of --data to check on (default: 64)")
@@ -60,9 +73,10 @@ def run(args: argparse.Namespace) -> int:
     if not ckpt.quantized:
         raise UsageError(f"{ckpt.path} has no quantization_report.json: quantize it first "
                          "(intbert quantize MODEL --scheme qdq ...)")
-    if ckpt.report.get("scheme") != "qdq":
-        raise UsageError(f"{ckpt.path} is an I-BERT model; ONNX export covers QDQBERT (quantize with --scheme qdq). "
-                         "I-BERT runs on the integer engine: intbert predict / bench DIR")
+    if ckpt.report.get("scheme") == "ibert" and args.target != "onnxruntime":
+        raise UsageError(f"{ckpt.path} is an I-BERT model: its integer graph runs in onnxruntime only (int64 Mod, "
+                         "BitShift and CumSum, which TensorRT lacks); use --target onnxruntime, or a QDQBERT for "
+                         "TensorRT")
     if args.onnx.is_dir():
         raise UsageError(f"--onnx {args.onnx} is a directory; give a file path such as model.onnx")
     model = load_quantized(ckpt)
@@ -76,8 +90,6 @@ def run(args: argparse.Namespace) -> int:
     args.onnx.parent.mkdir(parents=True, exist_ok=True)
     result = deploy.export_onnx(model, args.onnx, args.target)
     check = deploy.verify_onnx(model, args.onnx, batches)
-    print(f"wrote {args.onnx} ({megabytes(args.onnx.stat().st_size)}), target {args.target}: "
-          f"{result.quantize_nodes} QuantizeLinear, {result.dequantize_nodes} DequantizeLinear, "
-          f"{result.quantized_linears} quantized linears")
+    print(f"wrote {args.onnx} ({megabytes(args.onnx.stat().st_size)}), target {args.target}: {_graph(result)}")
     print(f"  onnxruntime vs PyTorch on {check.batches} batches: {check}")
     return 0
