@@ -13,7 +13,6 @@ import io
 import json
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -137,6 +136,7 @@ def qdq_export(qdq_dir, data, tmp_path_factory) -> tuple[Path, str]:
 
 
 def test_console_script_points_at_main():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["intbert"] == "intbert.cli.main:main"
 
@@ -214,8 +214,8 @@ def test_quantize_qdq_saves_every_amax_in_the_model_and_the_report(qdq_dir):
 
 
 def test_quantize_simulation_without_freeze(models, data, tmp_path):
-    code = main(["quantize", str(models["cls"]), "--scheme", "ibert", "--method", "max", "--no-freeze",
-                 "--calib-data", str(data["labelled.jsonl"]), "--text-column", "sentence", "--out", str(tmp_path / "s")])
+    code = main(["quantize", str(models["cls"]), "--scheme", "ibert", "--method", "max", "--no-freeze", "--calib-data",
+                 str(data["labelled.jsonl"]), "--text-column", "sentence", "--out", str(tmp_path / "s")])
     assert code == 0
     report = json.loads((tmp_path / "s" / "quantization_report.json").read_text())
     assert (report["format"], report["method"]) == ("simulation", "max")

@@ -11,7 +11,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import transformers
 from torch import nn
 
@@ -148,21 +147,6 @@ def load_tokenizer(path: Path):
                          "copy the tokenizer files (tokenizer.json, vocab) next to its config.json") from None
 
 
-def is_classifier(model_or_head) -> bool:
-    head = model_or_head if isinstance(model_or_head, str) else head_of_model(model_or_head)
-    return head == "sequence-classification"
-
-
-def head_of_model(model: nn.Module) -> str:
-    """The head of a loaded model (float, simulation or frozen), from its class name."""
-    name = getattr(model, "head_name", None) or type(model).__name__
-    for prefix in FAMILIES.values():
-        if name.startswith(prefix) and name[len(prefix):] in HEADS.values():
-            return head_of(name, prefix)
-    raise UsageError(f"{name} is not a model the command line handles")
-
-
 def set_seed(seed: int) -> None:
-    """One seed for everything the commands draw (new heads, shuffles, dropout)."""
+    """One seed for everything the commands draw (new heads, shuffles, dropout): Python's, NumPy's and torch's."""
     transformers.set_seed(seed)
-    torch.manual_seed(seed)

@@ -43,7 +43,8 @@ def _copy(target: nn.Module, source: dict[str, torch.Tensor], where: str) -> Non
             if key not in state:
                 raise ValueError(f"{where}: weight {key!r} has no I-BERT counterpart")
             if state[key].shape != value.shape:
-                raise ValueError(f"{where}: {key} has shape {tuple(value.shape)}, I-BERT expects {tuple(state[key].shape)}")
+                raise ValueError(f"{where}: {key} has shape {tuple(value.shape)}, "
+                                 f"I-BERT expects {tuple(state[key].shape)}")
             state[key].copy_(value)
     floats = {k for k, v in state.items() if v.is_floating_point() and k.endswith(("weight", "bias"))}
     missing = sorted(k for k in floats - set(source) if ".activation." not in k)
@@ -71,8 +72,9 @@ def bert_to_ibert_head(bert: PreTrainedModel, quant_mode: bool) -> PreTrainedMod
     fields = _head_fields(bert.config)
     tied = kind == "BertForMaskedLM" and torch.equal(
         bert.cls.predictions.decoder.weight, bert.bert.embeddings.word_embeddings.weight)
-    config = ibert_config_from_bert(bert.config, quant_mode=quant_mode, tie_word_embeddings=tied or kind != "BertForMaskedLM",
-                                    **fields)
+    # An MLM head whose decoder is not the word embeddings (tie_word_embeddings=False) keeps its own decoder.
+    tie = tied or kind != "BertForMaskedLM"
+    config = ibert_config_from_bert(bert.config, quant_mode=quant_mode, tie_word_embeddings=tie, **fields)
     model = heads[kind](config)
     encoder = intbert.bert_to_ibert(bert.bert, quant_mode=quant_mode)
     source = {k: v for k, v in encoder.state_dict().items() if v.is_floating_point() and k.endswith(("weight", "bias"))

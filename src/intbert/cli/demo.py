@@ -36,7 +36,7 @@ from .console import megabytes, progress_enabled, table
 from .demo_data import ID2LABEL, splits, write_csv
 from .errors import Unavailable, UsageError
 from .evaluate import evaluate
-from .inference import make_batches, timed
+from .inference import timed
 from .quantize import quantize_checkpoint
 from .textfile import Examples, read_examples
 from .training import TrainSettings, train_classifier
@@ -226,7 +226,8 @@ def print_result(result: dict, settings: DemoSettings) -> None:
     print(table(lines))
     for note in result["notes"]:
         print(note)
-    files = [("fine-tuned FP32 model", result["finetuned"] + ("  (cached, reused)" if result["reused_finetuned"] else ""))]
+    reused = "  (cached, reused)" if result["reused_finetuned"] else ""
+    files = [("fine-tuned FP32 model", result["finetuned"] + reused)]
     files += [("I-BERT (frozen)", rows[1]["path"]), ("QDQBERT", result["qdq_dir"])]
     files += [("QDQBERT ONNX", r["path"]) for r in rows[2:] if r["path"].endswith(".onnx")]
     files += [("data (text,label CSV)", str(Path(result["files"]["data"]["test"]).parent)),

@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     if "cosine_mean" in metrics:
         rows.append(["cosine to FP32 (mean)", "1.0000", _fmt(metrics["cosine_mean"])])
         rows.append(["cosine to FP32 (min)", "1.0000", _fmt(metrics["cosine_min"])])
-    note = "labelled" if metrics["labelled"] else "unlabelled" if examples.labels is None else "labels unused by this head"
+    note = ("labelled" if metrics["labelled"] else "unlabelled" if examples.labels is None
+            else "labels unused by this head")
     print(f"{ckpt.path}: {metrics['examples']} examples from {examples.path} ({note}), head {ckpt.head}")
     if reference is None:
         print(f"  no float reference: {source.path} has no {ckpt.head} head (pass --float MODEL)")

@@ -70,10 +70,6 @@ def run_model(model, data: Batches, head: str, device: str = "cpu", progress: bo
     return data.restore(results)
 
 
-def predictions(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [o.argmax(-1) for o in outputs]
-
-
 def accuracy(outputs: list[torch.Tensor], labels: list[int]) -> float:
     return sum(int(o.argmax(-1)) == y for o, y in zip(outputs, labels)) / len(labels)
 
@@ -100,7 +96,8 @@ def compare(reference: list[torch.Tensor], other: list[torch.Tensor], head: str)
     return out
 
 
-def timed(fn: Callable[[], object], warmup: int, iters: int, synchronize: Callable[[], None] | None = None) -> list[float]:
+def timed(fn: Callable[[], object], warmup: int, iters: int,
+          synchronize: Callable[[], None] | None = None) -> list[float]:
     """Wall-clock milliseconds of ``iters`` calls of ``fn`` after ``warmup`` untimed ones (synchronising a GPU)."""
     import time
 

@@ -111,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(ckpt.path)
     head = ckpt.head
     if head == "masked-lm":
-        results = fill_mask(model, tokenizer, _with_tokenizer_mask(args.texts, tokenizer.mask_token), args.top_k, device)
+        texts = _with_tokenizer_mask(args.texts, tokenizer.mask_token)
+        results = fill_mask(model, tokenizer, texts, args.top_k, device)
     elif head == "base":
         results = embed(model, tokenizer, args.texts, device)
     else:

@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     trained = train_classifier(model, tokenizer, train.texts, labels, settings, progress)
     if not trained["main_process"]:
         return 0  # under torchrun, the main process evaluates and writes DIR
+    model.to("cpu")  # Trainer may have moved it to a GPU; freezing, evaluating and saving happen on the CPU
     reference = load_float(ckpt) if ckpt.head == HEAD else None
     fmt = "qdq" if args.scheme == "qdq" else ("simulation" if args.no_freeze else "frozen")
     saved = deploy.freeze(model) if fmt == "frozen" else model
