@@ -35,10 +35,9 @@ from .checkpoints import inspect_checkpoint, load_float, load_tokenizer, set_see
 from .console import megabytes, progress_enabled, table
 from .demo_data import ID2LABEL, splits, write_csv
 from .errors import Unavailable, UsageError
-from .evaluate import evaluate
-from .inference import timed
+from .inference import accuracy, compare, make_batches, run_model, timed
 from .quantize import quantize_checkpoint
-from .textfile import Examples, read_examples
+from .textfile import Examples, label_ids, read_examples
 from .training import TrainSettings, train_classifier
 
 #: Bump when the fine-tuning recipe changes, so that old cached models are not reused.
@@ -191,12 +190,15 @@ def run_demo(settings: DemoSettings) -> dict:
 
     _say(f"[4/4] measuring on {len(test)} held-out snippets ...")
     t0 = time.perf_counter()
-    rows = []
+    data = make_batches(tokenizer, test.texts, settings.batch_size, settings.max_length)
+    labels = label_ids(test.labels, float_model.config.label2id, float_model.config.num_labels, str(test.path))
+    rows, reference = [], None
     for name, (model, path) in models.items():
-        is_float = model is float_model
-        metrics = evaluate(None if is_float else float_model, model, tokenizer, test, ckpt.head,
-                           batch_size=settings.batch_size, max_length=settings.max_length, progress=settings.progress)
-        rows.append(Row(name, metrics["accuracy_quantized"], metrics.get("agreement"), weights_bytes(path),
+        outputs = run_model(model, data, ckpt.head, progress=settings.progress, desc=name)
+        if reference is None:  # the FP32 row comes first: every other row is compared with it
+            reference = outputs
+        agree = None if outputs is reference else compare(reference, outputs, ckpt.head)["agreement"]
+        rows.append(Row(name, accuracy(outputs, labels), agree, weights_bytes(path),
                         latency(model, tokenizer, test.texts, settings), path))
     _say(f"      done in {time.perf_counter() - t0:.0f} s")
     result = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
