@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -30,21 +29,11 @@ from transformers import IBertModel as HFIBertModel
 from transformers import RobertaConfig, RobertaModel
 
 import intbert
+from _machine import cpu_name  # benchmarks/_machine.py (scripts run from this folder)
 
 SHAPE = dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
              intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=1)
-
-
-def machine(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    info = open("/proc/cpuinfo").read()
-    name = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")),
-                platform.processor())
-    flags = set(next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), []))
-    simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    return f"{name}, {os.cpu_count()} vCPUs, {' '.join(simd) or 'no AVX2'}"
 
 
 CLOCK = time.perf_counter
@@ -139,7 +128,7 @@ def main() -> None:
         engines[8].save_pretrained(f"{workdir}/int")
         sizes = [os.path.getsize(f"{workdir}/{d}/model.safetensors") / 2**20 for d in ("float", "int")]
     print(f"checkpoint: float {sizes[0]:.1f} MiB, frozen integer {sizes[1]:.1f} MiB ({sizes[1] / sizes[0]:.1%})")
-    print(f"device: {dev} ({machine(dev)}), threads {torch.get_num_threads()}, torch {torch.__version__}, "
+    print(f"device: {dev} ({torch.cuda.get_device_name() if dev == 'cuda' else cpu_name()}), threads {torch.get_num_threads()}, torch {torch.__version__}, "
           f"transformers {transformers.__version__}; engine backend {engines[8].encoder.backend().name}")
     print(f"RoBERTa-base shape, S={args.seq}; {'process CPU' if args.cpu_time else 'wall'} time, median of "
           f"{args.repeats} after two warm-ups "

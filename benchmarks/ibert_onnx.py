@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -33,26 +31,9 @@ import intbert
 from intbert.engine.ort_gemm import u8s8_is_exact_for_8bit
 from intbert.export.ibert_onnx import INT8_OUTPUT
 from intbert.export.ort_kernels import make_session
+from _machine import cpu_name, load  # benchmarks/_machine.py (scripts run from this folder)
 
 SEQUENCE, BATCHES = 128, (1, 8)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def main() -> None:

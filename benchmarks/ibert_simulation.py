@@ -18,20 +18,11 @@ from transformers import IBertConfig as HFIBertConfig  # the baseline we measure
 from transformers import IBertModel as HFIBertModel
 
 import intbert
+from _machine import cpu_name  # benchmarks/_machine.py (scripts run from this folder)
 
 SHAPE = dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
              intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=1)
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed(fn, repeats: int) -> float:

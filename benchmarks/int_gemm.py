@@ -26,21 +26,12 @@ import torch.nn.functional as F
 
 from intbert.engine import ort_gemm
 from intbert.engine.ort_gemm import OrtBatchedMatMul, OrtLinear, u8s8_is_exact_for_8bit
+from _machine import cpu_name, load  # benchmarks/_machine.py (scripts run from this folder)
 
 #: (M, K, N): FFN-up at b1 s128 and b8 s128, QKV/attention-out and FFN-down at b8 s128.
 LINEAR_SHAPES = [(128, 768, 3072), (1024, 768, 3072), (1024, 768, 768), (1024, 3072, 768)]
 #: (a shape, b shape): scores q @ k^T and context probs @ v at b8 s128, 12 heads of 64.
 ATTENTION_SHAPES = [((8, 12, 128, 64), (8, 12, 64, 128)), ((8, 12, 128, 128), (8, 12, 128, 64))]
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def int8_flags() -> str:
@@ -52,10 +43,6 @@ def int8_flags() -> str:
         return "unknown"
     wanted = ("avx2", "avx512bw", "avx512_vnni", "avx_vnni", "avx_vnni_int8", "amx_int8")
     return " ".join(f for f in wanted if f in flags) or "none of avx2/avx512/vnni/amx"
-
-
-def load() -> str:
-    return "load average %.2f %.2f %.2f" % os.getloadavg()
 
 
 def ort_fp32_session(weight_kn: np.ndarray | None, threads: int):

@@ -12,7 +12,6 @@ Prints the device, CPU, threads and torch version, then one row per method.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 import warnings
 
@@ -22,19 +21,9 @@ from transformers import AutoTokenizer, BertModel
 
 from intbert.data import mean_pooled_embeddings, minilm_path, rotten_tomatoes_sentences, tokenized_batches
 from intbert.models.qdqbert import QDQBertModel, calibrate_qdq
+from _machine import cpu_name  # benchmarks/_machine.py (scripts run from this folder)
 
 METHODS = ("max", "percentile", "mse", "entropy")
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

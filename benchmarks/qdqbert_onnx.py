@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -46,28 +44,11 @@ from intbert.data import mean_pooled_embeddings, minilm_path, rotten_tomatoes_se
 from intbert.export.ort_kernels import inspect_optimized_graph, make_session, u8s8_may_saturate
 from intbert.models.qdqbert import QDQBertConfig, QDQBertModel, calibrate_qdq, clip_gelu
 from intbert.quantization import disable_quantizers
+from _machine import cpu_name, load  # benchmarks/_machine.py (scripts run from this folder)
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
                 "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "pad_token_id")
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 class FloatEntry(torch.nn.Module):

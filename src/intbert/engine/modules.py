@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..quantization import intops
 
 
 def storage_dtype(bits: int, signed: bool = True) -> torch.dtype:
