@@ -12,40 +12,48 @@ inputs and outputs int32, i-GELU outputs int64; masks are bool (True = attend).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 
 from ..modules import GELUConstants, IntLinear, LayerNormConstants, Requant, ResidualRequant, SoftmaxConstants
 
 
-class Backend:
+class Backend(ABC):
     name = "abstract"
 
+    @abstractmethod
     def supports(self, device: torch.device) -> bool:
-        raise NotImplementedError
+        """Whether this backend runs on ``device``."""
 
     # -- primitives -------------------------------------------------------------------------------
+    @abstractmethod
     def linear(self, x: torch.Tensor, lin: IntLinear) -> torch.Tensor:
         """int8 [..., K] -> int32 [..., N] = x @ W^T + b (exact; the freeze bound keeps it in int32)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Batched a @ b of int8/uint8 operands -> int32 (attention scores and context)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def requantize(self, q: torch.Tensor, rq: Requant) -> torch.Tensor:
-        raise NotImplementedError
+        """clamp(round_half_up(q m / 2^e)) to rq.bits (``intops.requantize``), in rq.dtype."""
 
+    @abstractmethod
     def residual(self, a: torch.Tensor, b: torch.Tensor, add: ResidualRequant) -> torch.Tensor:
-        raise NotImplementedError
+        """clamp(rescale(a) + rescale(b)) to add.bits: a residual add onto one grid."""
 
+    @abstractmethod
     def softmax(self, scores: torch.Tensor, keep: torch.Tensor | None, sm: SoftmaxConstants) -> torch.Tensor:
-        raise NotImplementedError
+        """i-exp softmax of int32 scores (``intops.int_softmax``) -> uint8; masked keys get 0."""
 
+    @abstractmethod
     def gelu(self, q: torch.Tensor, g: GELUConstants) -> torch.Tensor:
-        raise NotImplementedError
+        """i-GELU of int32 accumulators (``intops.int_gelu``) -> int64 (|.| < 2^47)."""
 
+    @abstractmethod
     def layernorm(self, q: torch.Tensor, ln: LayerNormConstants) -> torch.Tensor:
-        raise NotImplementedError
+        """Integer LayerNorm of 22-bit rows (``intops.int_layernorm``) -> int32."""
 
     # -- composites (fusable) -----------------------------------------------------------------------
     def linear_requant(self, x: torch.Tensor, lin: IntLinear, rq: Requant) -> torch.Tensor:
