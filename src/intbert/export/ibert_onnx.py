@@ -542,7 +542,7 @@ def verify_ibert_onnx(model: nn.Module, session, graph, metadata: dict[str, str]
     is compared with the model's: ``last_hidden_state_int8`` with the engine's int8 states (``int8_hidden_equal``),
     ``last_hidden_state`` with int8 * scale, and the head's fields with the model's outputs.
     """
-    from .verify import VerifyReport, _as_inputs
+    from .verify import DiffTally, VerifyReport, _as_inputs
 
     frozen = _as_frozen(model)
     exported = metadata.get("intbert.model_class")
@@ -550,10 +550,8 @@ def verify_ibert_onnx(model: nn.Module, session, graph, metadata: dict[str, str]
         raise ValueError(f"the graph was exported from a {exported}, not a {frozen.head_name}")
     input_names = [i.name for i in session.get_inputs()]
     output_names = [o.name for o in session.get_outputs()]
-    max_diff = dict.fromkeys(output_names, 0.0)
-    sum_diff = dict.fromkeys(output_names, 0.0)
-    count = dict.fromkeys(output_names, 0)
-    int8_equal, n_batches = True, 0
+    tally = DiffTally(output_names, "the model")
+    int8_equal = True
     scale = frozen.encoder.boundary_scales()[-1].cpu()
     was_training = model.training
     model.eval()
@@ -567,30 +565,18 @@ def verify_ibert_onnx(model: nn.Module, session, graph, metadata: dict[str, str]
                 got = session.run(output_names, {k: v.cpu().numpy().astype(np.int64) for k, v in inputs.items()})
                 for name, value in zip(output_names, got):
                     want = (reference[name] if name in reference else getattr(out, name)).detach().cpu().numpy()
-                    if want.shape != value.shape:
-                        raise ValueError(f"output {name}: onnxruntime gave shape {value.shape}, the model {want.shape}")
+                    tally.add(name, value, want)
                     if name == INT8_OUTPUT:
                         int8_equal = int8_equal and bool(np.array_equal(value, want))
-                    diff = np.abs(value.astype(np.float64) - want.astype(np.float64))
-                    max_diff[name] = max(max_diff[name], float(diff.max(initial=0.0)))
-                    sum_diff[name] += float(diff.sum())
-                    count[name] += diff.size
-                n_batches += 1
+                tally.batches += 1
     finally:
         model.train(was_training)
-    if not n_batches:
-        raise ValueError("batches is empty; give at least one batch to compare on")
     # The int8 output is reported apart (int8_hidden_equal): its unit is one quantization step, not a float value.
-    floats = [name for name in output_names if name != INT8_OUTPUT]
-    total = sum(count[name] for name in floats)
     return VerifyReport(
-        max_abs_diff=max((max_diff[name] for name in floats), default=0.0),
-        mean_abs_diff=sum(sum_diff[name] for name in floats) / max(total, 1),
-        per_output={name: (max_diff[name], sum_diff[name] / max(count[name], 1)) for name in output_names},
+        **tally.summary([name for name in output_names if name != INT8_OUTPUT]),
         int8_kernels=graph.int8_kernels,
         int8_kernel_counts=graph.int8_kernel_counts(),
         unfused_dequantized_gemms=graph.unfused_dequantized_gemms,
-        batches=n_batches,
         target=metadata.get("intbert.target"),
         metadata=metadata,
         int8_hidden_equal=int8_equal,

@@ -54,6 +54,37 @@ class VerifyReport:
         return text
 
 
+class DiffTally:
+    """Per-output max, sum and count of |onnxruntime - model| over the compared batches (both families)."""
+
+    def __init__(self, names: list[str], source: str):
+        self.source = source  # how the error message names the reference ("torch", "the model")
+        self.max = dict.fromkeys(names, 0.0)
+        self.sum = dict.fromkeys(names, 0.0)
+        self.count = dict.fromkeys(names, 0)
+        self.batches = 0
+
+    def add(self, name: str, got: np.ndarray, want: np.ndarray) -> None:
+        if want.shape != got.shape:
+            raise ValueError(f"output {name}: onnxruntime gave shape {got.shape}, {self.source} {want.shape}")
+        diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+        self.max[name] = max(self.max[name], float(diff.max(initial=0.0)))
+        self.sum[name] += float(diff.sum())
+        self.count[name] += diff.size
+
+    def summary(self, overall: list[str]) -> dict:
+        """VerifyReport's difference fields; ``overall`` names the outputs in max_abs_diff / mean_abs_diff."""
+        if not self.batches:
+            raise ValueError("batches is empty; give at least one batch to compare on")
+        total = sum(self.count[name] for name in overall)
+        return {
+            "max_abs_diff": max((self.max[name] for name in overall), default=0.0),
+            "mean_abs_diff": sum(self.sum[name] for name in overall) / max(total, 1),
+            "per_output": {name: (self.max[name], self.sum[name] / max(self.count[name], 1)) for name in self.max},
+            "batches": self.batches,
+        }
+
+
 def _as_inputs(batch, names: list[str]) -> dict[str, torch.Tensor]:
     """A batch (dict of model inputs, or a tensor of input ids) as the graph's inputs, with the model's defaults."""
     if isinstance(batch, torch.Tensor):
@@ -96,10 +127,7 @@ def verify_onnx(
     output_names = [o.name for o in session.get_outputs()]
     reduce_range = metadata.get("intbert.reduce_range") == "true"
 
-    max_diff = {name: 0.0 for name in output_names}
-    sum_diff = {name: 0.0 for name in output_names}
-    count = {name: 0 for name in output_names}
-    n_batches = 0
+    tally = DiffTally(output_names, "torch")
     was_training = model.training
     model.eval()
     try:
@@ -110,27 +138,15 @@ def verify_onnx(
                 expected = model(**{k: v.to(device) for k, v in inputs.items()}, return_dict=True)
                 got = session.run(output_names, {k: v.cpu().numpy().astype(np.int64) for k, v in inputs.items()})
                 for name, value in zip(output_names, got):
-                    reference = getattr(expected, name).detach().cpu().double().numpy()
-                    if reference.shape != value.shape:
-                        raise ValueError(f"output {name}: onnxruntime gave shape {value.shape}, torch {reference.shape}")
-                    diff = np.abs(value.astype(np.float64) - reference)
-                    max_diff[name] = max(max_diff[name], float(diff.max(initial=0.0)))
-                    sum_diff[name] += float(diff.sum())
-                    count[name] += diff.size
-                n_batches += 1
+                    tally.add(name, value, getattr(expected, name).detach().cpu().double().numpy())
+                tally.batches += 1
     finally:
         model.train(was_training)
-    if not n_batches:
-        raise ValueError("batches is empty; give at least one batch to compare on")
-    total = sum(count.values())
     return VerifyReport(
-        max_abs_diff=max(max_diff.values()),
-        mean_abs_diff=sum(sum_diff.values()) / max(total, 1),
-        per_output={name: (max_diff[name], sum_diff[name] / max(count[name], 1)) for name in output_names},
+        **tally.summary(output_names),
         int8_kernels=graph.int8_kernels,
         int8_kernel_counts=graph.int8_kernel_counts(),
         unfused_dequantized_gemms=graph.unfused_dequantized_gemms,
-        batches=n_batches,
         target=metadata.get("intbert.target"),
         reduce_range=reduce_range,
         metadata=metadata,
