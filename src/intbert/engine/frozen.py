@@ -148,7 +148,7 @@ def _unique_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
 def _rebuild(head: str, config: IBertConfig, tensors: dict, backend: str | None) -> nn.Module:
     """The head model (float layers on the meta device, then loaded) around the integer encoder."""
     if head == "IBertModel":
-        integer = IntegerIBertModel.from_state(config, tensors, "", None, backend)
+        integer = IntegerIBertModel.from_state(config, tensors, "", backend)
         integer.pooler = _float_module(modeling_ibert.IBertPooler, config, tensors, "pooler.")
         _check_consumed(integer.state_dict(), tensors, "")
         return integer
@@ -156,7 +156,7 @@ def _rebuild(head: str, config: IBertConfig, tensors: dict, backend: str | None)
     with torch.device("meta"):
         model = cls(config)
     has_pooler = model.ibert.pooler is not None
-    model.ibert = IntegerIBertModel.from_state(config, tensors, "ibert.", None, backend)
+    model.ibert = IntegerIBertModel.from_state(config, tensors, "ibert.", backend)
     if has_pooler:
         model.ibert.pooler = _float_module(modeling_ibert.IBertPooler, config, tensors, "ibert.pooler.")
     own = {k: v for k, v in tensors.items() if not k.startswith("ibert.")}

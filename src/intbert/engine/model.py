@@ -144,13 +144,12 @@ class IntegerIBertModel(nn.Module):
         self._backends: dict = {}
 
     @classmethod
-    def from_state(cls, config: IBertConfig, tensors: dict, prefix: str = "", pooler: nn.Module | None = None,
-                   backend: str | None = None):
-        """Rebuild the integer encoder from a saved state dict (shapes come from the tensors)."""
+    def from_state(cls, config: IBertConfig, tensors: dict, prefix: str = "", backend: str | None = None):
+        """Rebuild the integer encoder from a saved state dict (shapes come from the tensors); no pooler yet."""
         embeddings = IntEmbeddings.from_state(tensors, prefix + "embeddings.")
         layers = [IntLayer.from_state(config.num_attention_heads, tensors, f"{prefix}layer.{i}.")
                   for i in range(config.num_hidden_layers)]
-        return cls(config, embeddings, layers, pooler, backend)
+        return cls(config, embeddings, layers, None, backend)
 
     @property
     def device(self) -> torch.device:
