@@ -30,6 +30,7 @@ from .modules import (
     ResidualRequant,
     SoftmaxConstants,
 )
+from .tokens import TokenLayout
 
 
 def _set_parts(module: nn.Module, spec: dict, parts: dict) -> None:
@@ -82,9 +83,7 @@ class IntEmbeddings(nn.Module):
         return cls(*(tensors[prefix + t] for t in cls.TABLES), **_parts_from_state(cls.PARTS, tensors, prefix))
 
     def forward(self, be: Backend, input_ids, token_type_ids, position_ids):
-        h = be.residual(self.word[input_ids], self.token_type[token_type_ids], self.add_token_type)
-        h = be.residual(h, self.position[position_ids], self.add_position)
-        return be.requantize(be.layernorm(h, self.ln), self.out)
+        return be.embed(self, input_ids, token_type_ids, position_ids)
 
 
 class IntLayer(nn.Module):
@@ -110,17 +109,18 @@ class IntLayer(nn.Module):
     def from_state(cls, num_heads, tensors, prefix):
         return cls(num_heads, **_parts_from_state(cls.PARTS, tensors, prefix))
 
-    def heads(self, x):  # (B, L, H) -> (B, nh, L, d)
-        B, L, H = x.shape
-        return x.view(B, L, self.num_heads, H // self.num_heads).transpose(1, 2)
-
-    def forward(self, be: Backend, x, keep):
-        q = self.heads(be.linear_requant(x, self.query, self.query_act))
-        k = self.heads(be.linear_requant(x, self.key, self.key_act))
-        v = self.heads(be.linear_requant(x, self.value, self.value_act))
-        context, probs = be.attention(q, k, v, keep, self.softmax)  # int32 (B, nh, L, d), uint8 (B, nh, L, L)
-        B, nh, L, d = context.shape
-        context = be.requantize(context.transpose(1, 2).reshape(B, L, nh * d), self.context_act)
+    def forward(self, be: Backend, x, tokens: TokenLayout, output_attentions: bool = False):
+        """int8 hidden states in the layout of ``tokens`` -> int8 hidden states (+ uint8 probabilities if asked)."""
+        q = be.linear_requant(x, self.query, self.query_act)
+        k = be.linear_requant(x, self.key, self.key_act)
+        v = be.linear_requant(x, self.value, self.value_act)
+        probs = None
+        if output_attentions:  # padded layout only (encode does not pack when probabilities are wanted)
+            heads = [tokens.split_heads(t, self.num_heads) for t in (q, k, v)]
+            context, probs = be.attention(*heads, tokens.keep, self.softmax)  # int32 (B, nh, L, d), uint8 (B, nh, L, L)
+            context = be.requantize(tokens.merge_heads(context), self.context_act)
+        else:
+            context = be.attention_requant(q, k, v, tokens, self.num_heads, self.softmax, self.context_act)
         a = be.linear_residual_layernorm(context, self.attention_dense, x, self.attention_add, self.attention_ln,
                                          self.attention_out)
         a = be.requantize(a, self.pre_intermediate)
@@ -176,6 +176,7 @@ class IntegerIBertModel(nn.Module):
         """Integer forward: int64 ids (+ 0/1 or bool mask) -> int8 hidden states (B, L, H).
 
         Returns (hidden int8, per-boundary int8 states or None, per-layer uint8 probabilities or None).
+        A backend that packs tokens leaves padded positions (attention_mask 0) at 0 (``tokens.py``).
         Inputs must already be validated (``forward`` does it).
         """
         be = self.backend()
@@ -183,17 +184,19 @@ class IntegerIBertModel(nn.Module):
             position_ids = create_position_ids_from_input_ids(input_ids, self.config.pad_token_id)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        keep = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
-        h = self.embeddings(be, input_ids, token_type_ids, position_ids)
-        states = [h] if output_hidden_states else None
+        # Packed: only the real tokens are computed (tokens.py says why the integers do not change).
+        pack = be.packs_tokens and not output_attentions
+        tokens = (TokenLayout.packed if pack else TokenLayout.padded)(input_ids, attention_mask)
+        h = self.embeddings(be, *(tokens.pack(t) for t in (input_ids, token_type_ids, position_ids)))
+        states = [tokens.unpack(h)] if output_hidden_states else None
         probs_all = [] if output_attentions else None
         for layer in self.layer:
-            h, probs = layer(be, h, keep)
+            h, probs = layer(be, h, tokens, output_attentions)
             if output_hidden_states:
-                states.append(h)
+                states.append(tokens.unpack(h))
             if output_attentions:
                 probs_all.append(probs)
-        return h, states, probs_all
+        return tokens.unpack(h), states, probs_all
 
     def boundary_scales(self) -> list[torch.Tensor]:
         """Scale of the embeddings' output and of each layer's output (to dequantize hidden states)."""

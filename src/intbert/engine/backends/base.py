@@ -7,7 +7,10 @@ composite methods at the bottom exist so a fast backend can fuse a chain into on
 default bodies are the definition.
 
 Tensor conventions: activations int8, probabilities uint8, GEMM accumulators int32, LayerNorm
-inputs and outputs int32, i-GELU outputs int64; masks are bool (True = attend).
+inputs and outputs int32, i-GELU outputs int64; masks are bool (True = attend). Token-wise methods
+take any leading shape (..., C); ``embed`` and ``attention_requant`` see the batch's
+:class:`~intbert.engine.tokens.TokenLayout` (padded (B, L, H), or packed (T, H) real tokens for a
+backend with ``packs_tokens``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from ..modules import GELUConstants, IntLinear, LayerNormConstants, Requant, Res
 
 class Backend(ABC):
     name = "abstract"
+    #: True: ``encode`` hands this backend the real tokens only (TokenLayout.packed).
+    packs_tokens = False
 
     @abstractmethod
     def supports(self, device: torch.device) -> bool:
@@ -67,6 +72,19 @@ class Backend(ABC):
                                   rq: Requant) -> torch.Tensor:
         """dense -> + residual (22-bit) -> LayerNorm -> 8-bit."""
         return self.requantize(self.layernorm(self.residual(self.linear(x, lin), residual, add), ln), rq)
+
+    def embed(self, emb, input_ids, token_type_ids, position_ids) -> torch.Tensor:
+        """int8 tables (``IntEmbeddings``) -> word + type (16-bit) + position (16-bit) -> LayerNorm -> 8-bit."""
+        h = self.residual(emb.word[input_ids], emb.token_type[token_type_ids], emb.add_token_type)
+        h = self.residual(h, emb.position[position_ids], emb.add_position)
+        return self.requantize(self.layernorm(h, emb.ln), emb.out)
+
+    def attention_requant(self, q, k, v, tokens, heads: int, sm: SoftmaxConstants, rq: Requant) -> torch.Tensor:
+        """int8 q, k, v (B, L, H) -> attention per head -> context requantized to int8 (B, L, H)."""
+        if tokens.is_packed:
+            raise NotImplementedError(f"backend {self.name!r} does not take packed tokens")
+        context, _ = self.attention(*(tokens.split_heads(t, heads) for t in (q, k, v)), tokens.keep, sm)
+        return self.requantize(tokens.merge_heads(context), rq)
 
     def attention(self, q, k, v, keep, sm: SoftmaxConstants):
         """(B, nh, L, d) int8 q, k, v -> (context int32 (B, nh, L, d), probabilities uint8 (B, nh, L, L))."""
