@@ -8,9 +8,10 @@ import torch
 
 from intbert.engine import ort_gemm
 from intbert.engine.backends import ReferenceBackend, default_backend_name, resolve_backend
-from intbert.engine.modules import GELUConstants, IntLinear, LayerNormConstants, Requant, ResidualRequant, SoftmaxConstants
+from intbert.engine.modules import GELUConstants, ResidualRequant, SoftmaxConstants
 from intbert.quantization import fused, intops
 
+from _engine_parts import int8, layernorm, linear, requant
 from _sizes import randint
 
 needs_ort = pytest.mark.skipif(not ort_gemm.ort_available(), reason="needs onnxruntime")
@@ -20,30 +21,6 @@ B, L, H, I, NH = 4, 130, 136, 520, 4  # B*L*I and B*NH*L*L exceed fused.MIN_NUME
 
 def device_of(name):
     return torch.device("cuda" if name == "cuda" else "cpu")
-
-
-def requant(seed, channels, bits, input_bits, e_range=(20, 40)):
-    m = randint(seed, 2**30, 2**31, (channels,))
-    e = randint(seed + 1, *e_range, (channels,))
-    return Requant(m, e, torch.ones(channels), bits, input_bits)
-
-
-def linear(seed, n, k, weight_bit=8):
-    hi = 2 ** (weight_bit - 1) - 1
-    w = randint(seed, -hi, hi + 1, (n, k))
-    w[0] = hi  # a row at the range edge
-    return IntLinear(w, randint(seed + 1, -(2**20), 2**20, (n,)), weight_bit)
-
-
-def int8(seed, *shape):
-    x = randint(seed, -128, 128, shape)
-    x.view(-1)[:7] = torch.tensor([-128, 127, -128, 127, 0, -1, 1])
-    return x.to(torch.int8)
-
-
-def layernorm(seed, c):
-    return LayerNormConstants(torch.tensor(2), torch.where(randint(seed, 0, 2, (c,)) == 0, -1, 1),
-                              randint(seed + 1, -(2**29), 2**29, (c,)))
 
 
 def _both(name):
