@@ -7,8 +7,9 @@ in ``intbert.quantization``. ``freeze`` turns a calibrated I-BERT into the integ
 """
 
 from .calibration import calibrate
+from .checksum import fingerprint
 from .engine import FrozenIBert, freeze
-from .errors import OverflowRiskError, UncalibratedError
+from .errors import CheckpointIntegrityError, MissingWeightsError, OverflowRiskError, UncalibratedError
 from .export import export_onnx, verify_onnx
 from .models.ibert import (
     IBertConfig,
@@ -21,6 +22,7 @@ from .models.ibert import (
     IBertPreTrainedModel,
 )
 from .models.ibert.convert import bert_to_ibert
+from .models.loading import LoadReport, load_float_checkpoint
 from .models.qdqbert import (
     QDQBertConfig,
     QDQBertForMaskedLM,
@@ -45,6 +47,9 @@ __all__ = [
     "IBertForTokenClassification",
     "IBertModel",
     "IBertPreTrainedModel",
+    "CheckpointIntegrityError",
+    "LoadReport",
+    "MissingWeightsError",
     "OverflowRiskError",
     "QDQBertConfig",
     "QDQBertForMaskedLM",
@@ -61,6 +66,8 @@ __all__ = [
     "bert_to_ibert",
     "calibrate",
     "export_onnx",
+    "fingerprint",
     "freeze",
+    "load_float_checkpoint",
     "verify_onnx",
 ]

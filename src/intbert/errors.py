@@ -11,3 +11,16 @@ class UncalibratedError(RuntimeError):
 
 class OverflowRiskError(ValueError):
     """A configuration whose integers could exceed their declared width."""
+
+
+class MissingWeightsError(ValueError):
+    """A checkpoint lacks encoder weights the model needs: loading it would run on random numbers.
+
+    transformers initialises every missing weight and only logs a report (which a quiet logger hides);
+    a quantized model built on that is wrong in a way no one can see from its outputs.
+    """
+
+
+class CheckpointIntegrityError(ValueError):
+    """A saved integer model whose files do not match their checksum, or whose constants break the bounds
+    the integer kernels rely on: edited, mixed from two saves, or damaged. Freeze and save it again."""

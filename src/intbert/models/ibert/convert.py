@@ -9,11 +9,13 @@ then see exactly BERT's embeddings; pad tokens (masked out of attention) see the
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
 from transformers import BertConfig, BertModel
 
+from ..loading import load_float_checkpoint
 from .configuration_ibert import IBertConfig
 from .modeling_ibert import IBertModel
 
@@ -51,13 +53,19 @@ def bert_to_ibert(bert: BertModel | str | Path, **config_overrides) -> IBertMode
     """An ``IBertModel`` with the weights of a BERT model (or a local BERT checkpoint folder).
 
     ``config_overrides`` go to IBertConfig, e.g. ``quant_mode=True``. Every tensor is checked for its
-    key and shape, as nanoGPT's from_pretrained does.
+    key and shape, as nanoGPT's from_pretrained does. A folder whose checkpoint lacks encoder weights
+    (renamed or prefixed keys, a missing layer) raises :class:`~intbert.errors.MissingWeightsError`
+    rather than converting transformers' random stand-ins; one without pooler weights converts without
+    a pooler (with a warning), since a random pooler would give random ``pooler_output``.
     """
     if not isinstance(bert, BertModel):
         path = Path(bert)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is not a BERT checkpoint folder (no config.json)")
-        bert = BertModel.from_pretrained(path, add_pooling_layer=True)
+        bert, report = load_float_checkpoint(BertModel, path, add_pooling_layer=True)
+        if report.new_head:  # only the pooler can be new in a BertModel
+            warnings.warn(f"{report.new_head_message()}; converting without a pooler", stacklevel=2)
+            bert.pooler = None
     config = ibert_config_from_bert(bert.config, **config_overrides)
     model = IBertModel(config, add_pooling_layer=bert.pooler is not None)
     source = {k: v for k, v in bert.state_dict().items() if k not in _IGNORED_BERT_KEYS}
