@@ -65,6 +65,18 @@ def test_linear_and_linear_requant(fast, rows, K, N, weight_bit):
     assert torch.equal(REF.linear_requant(x, lin, per_tensor), fast.linear_requant(x, lin, per_tensor))
 
 
+def test_stacked_query_key_value_gemm_and_strided_inputs(fast):
+    """linear_requant_many runs one GEMM for q, k, v (column views of one output); inputs may be row-strided."""
+    K, H = 40, 24
+    pairs = [(linear(70 + i, H, K), requant(80 + i, 1 if i == 1 else H, 8, 31)) for i in range(3)]
+    wide = int8(90, 19, K + 13)
+    x = wide[:, 5:5 + K]  # rows 53 apart, not contiguous
+    got = fast.linear_requant_many(x, pairs)
+    for (lin, rq), out in zip(pairs, got):
+        assert torch.equal(REF.linear_requant(x, lin, rq), out)
+        assert torch.equal(REF.linear_requant(x, lin, rq), fast.linear_requant(x, lin, rq))
+
+
 def test_gemm_is_exact_where_u8_s8_pair_sums_would_saturate_int16(fast):
     """x = 127 is 255 after the +128 flip: 2 * 255 * 127 = 64770 > 32767 would saturate vpmaddubsw."""
     K, N = 768, 32

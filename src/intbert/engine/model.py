@@ -111,9 +111,8 @@ class IntLayer(nn.Module):
 
     def forward(self, be: Backend, x, tokens: TokenLayout, output_attentions: bool = False):
         """int8 hidden states in the layout of ``tokens`` -> int8 hidden states (+ uint8 probabilities if asked)."""
-        q = be.linear_requant(x, self.query, self.query_act)
-        k = be.linear_requant(x, self.key, self.key_act)
-        v = be.linear_requant(x, self.value, self.value_act)
+        q, k, v = be.linear_requant_many(
+            x, ((self.query, self.query_act), (self.key, self.key_act), (self.value, self.value_act)))
         probs = None
         if output_attentions:  # padded layout only (encode does not pack when probabilities are wanted)
             heads = [tokens.split_heads(t, self.num_heads) for t in (q, k, v)]

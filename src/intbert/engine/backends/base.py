@@ -64,6 +64,10 @@ class Backend(ABC):
     def linear_requant(self, x: torch.Tensor, lin: IntLinear, rq: Requant) -> torch.Tensor:
         return self.requantize(self.linear(x, lin), rq)
 
+    def linear_requant_many(self, x: torch.Tensor, pairs) -> list[torch.Tensor]:
+        """Several (linear, requant) pairs on one input (query, key, value): a fast backend runs one GEMM."""
+        return [self.linear_requant(x, lin, rq) for lin, rq in pairs]
+
     def linear_gelu_requant(self, x, lin: IntLinear, g: GELUConstants, rq1: Requant, rq2: Requant) -> torch.Tensor:
         """FFN up: linear -> i-GELU -> 8-bit (output_activation) -> 8-bit (the layer's pre_output_act)."""
         return self.requantize(self.requantize(self.gelu(self.linear(x, lin), g), rq1), rq2)

@@ -79,11 +79,18 @@ def _ptr(t: torch.Tensor) -> int:
 
 
 def _rows(x: torch.Tensor, dtype: torch.dtype, width: int, what: str) -> torch.Tensor:
-    """x as a contiguous CPU (rows, width) matrix of ``dtype``; anything else is a caller's bug, refused."""
+    """x as a CPU (rows, width) matrix of ``dtype`` with unit column stride (rows may be strided, e.g. the
+    query / key / value column blocks of one fused GEMM output); anything else is a caller's bug, refused."""
     if x.dtype != dtype or x.device.type != "cpu" or x.shape[-1] != width:
         raise ValueError(f"native {what}: expected {dtype} (..., {width}) on the CPU, got {x.dtype} "
                          f"{tuple(x.shape)} on {x.device}")
-    return x.reshape(-1, width).contiguous()
+    x = x.reshape(-1, width) if x.dim() != 2 else x
+    return x if x.stride(-1) == 1 and (x.shape[0] <= 1 or x.stride(0) >= width) else x.contiguous()
+
+
+def _ld(x: torch.Tensor) -> int:
+    """Leading dimension (elements between rows) of a matrix from :func:`_rows`."""
+    return x.stride(0) if x.shape[0] > 1 else x.shape[1]
 
 
 class NativeBackend(ReferenceBackend):
@@ -169,9 +176,37 @@ class NativeBackend(ReferenceBackend):
         N, K = lin.weight.shape
         x2 = _rows(x, torch.int8, K, "linear input")
         out = torch.empty(x2.shape[0], N, dtype=torch.int8)
-        _native.linear_requant(self._packed(lin), _ptr(x2), x2.shape[0], K, _ptr(lin.bias), self._rq(rq, N),
+        _native.linear_requant(self._packed(lin), _ptr(x2), x2.shape[0], _ld(x2), _ptr(lin.bias), self._rq(rq, N),
                                _ptr(out), N)
         return out.view(*x.shape[:-1], N)
+
+    def linear_requant_many(self, x, pairs):
+        """One GEMM over the stacked weights (query, key, value: N = 3H), each requantized by its own
+        constants; the results are column views of one (rows, sum N) int8 matrix."""
+        pairs = tuple(pairs)
+        if len(pairs) < 2 or any(rq.bits > 8 or rq.bits != pairs[0][1].bits or rq.input_bits != pairs[0][1].input_bits
+                                 for _, rq in pairs):
+            return super().linear_requant_many(x, pairs)
+        stacked, rq = self._stacked(pairs)
+        out = self.linear_requant(x, stacked, rq)
+        widths = [lin.weight.shape[0] for lin, _ in pairs]
+        return list(out.split(widths, dim=-1))
+
+    def _stacked(self, pairs):
+        """The pairs as one IntLinear (weights and biases concatenated) and one per-channel Requant."""
+        key = tuple(id(m) for pair in pairs for m in pair)
+        sources = tuple(t for lin, rq in pairs for t in (lin.weight, lin.bias, rq.m, rq.e))
+        entry = self._consts.get(key)
+        if entry is None or any(a is not b for a, b in zip(entry[0], sources)):
+            lins = [lin for lin, _ in pairs]
+            stacked = IntLinear(torch.cat([l.weight for l in lins]), torch.cat([l.bias for l in lins]),
+                                max(l.weight_bit for l in lins))
+            first = pairs[0][1]
+            m = torch.cat([self._channels(rq.m, l.weight.shape[0], "requant m") for l, rq in pairs])
+            e = torch.cat([self._channels(rq.e, l.weight.shape[0], "requant e") for l, rq in pairs])
+            rq = Requant(m, e, torch.ones(1), first.bits, first.input_bits)
+            entry = self._consts[key] = (sources, (stacked, rq))
+        return entry[1]
 
     def linear_gelu_requant(self, x, lin, g, rq1, rq2):
         if rq2.bits > 8:
@@ -180,7 +215,7 @@ class NativeBackend(ReferenceBackend):
         N, K = lin.weight.shape
         x2 = _rows(x, torch.int8, K, "FFN input")
         out = torch.empty(x2.shape[0], N, dtype=torch.int8)
-        _native.linear_gelu_requant2(self._packed(lin), _ptr(x2), x2.shape[0], K, _ptr(lin.bias), self._gelu(g, N),
+        _native.linear_gelu_requant2(self._packed(lin), _ptr(x2), x2.shape[0], _ld(x2), _ptr(lin.bias), self._gelu(g, N),
                                      self._rq(rq1, N), self._rq(rq2, N), _ptr(out), N)
         return out.view(*x.shape[:-1], N)
 
@@ -194,7 +229,7 @@ class NativeBackend(ReferenceBackend):
         if res.shape[0] != x2.shape[0]:
             raise ValueError(f"native residual: {res.shape[0]} rows for {x2.shape[0]} input rows")
         out = torch.empty(x2.shape[0], N, dtype=torch.int8)
-        _native.linear_residual_ln_requant(self._packed(lin), _ptr(x2), x2.shape[0], K, _ptr(lin.bias), _ptr(res), N,
+        _native.linear_residual_ln_requant(self._packed(lin), _ptr(x2), x2.shape[0], _ld(x2), _ptr(lin.bias), _ptr(res), _ld(res),
                                            self._add(add, N), self._ln(ln, N), self._rq(rq, N), _ptr(out), N)
         return out.view(*x.shape[:-1], N)
 
@@ -207,10 +242,12 @@ class NativeBackend(ReferenceBackend):
             raise ValueError(f"native attention: hidden size {H} is not a multiple of {heads} heads")
         q2, k2, v2 = (_rows(t, torch.int8, H, "attention " + n) for t, n in ((q, "q"), (k, "k"), (v, "v")))
         starts = tokens.starts
-        if starts.dtype != torch.int64 or int(starts[-1]) != q2.shape[0] or k2.shape != q2.shape or v2.shape != q2.shape:
+        if int(starts[-1]) != q2.shape[0] or k2.shape != q2.shape or v2.shape != q2.shape:
             raise ValueError(f"native attention: sequence starts {starts.tolist()[-3:]} do not match {q2.shape[0]} tokens")
-        out = torch.empty_like(q2)
-        _native.attention(_ptr(q2), _ptr(k2), _ptr(v2), H, _ptr(starts.contiguous()), starts.numel() - 1, heads,
+        if not (_ld(q2) == _ld(k2) == _ld(v2)):  # the kernel takes one leading dimension for q, k and v
+            q2, k2, v2 = q2.contiguous(), k2.contiguous(), v2.contiguous()
+        out = torch.empty(q2.shape, dtype=torch.int8)
+        _native.attention(_ptr(q2), _ptr(k2), _ptr(v2), _ld(q2), _ptr(starts.contiguous()), starts.numel() - 1, heads,
                           H // heads, self._softmax(sm), self._rq(rq, H), _ptr(out), H)
         return out.view(q.shape)
 
@@ -236,7 +273,7 @@ class NativeBackend(ReferenceBackend):
         N, K = lin.weight.shape
         x2 = _rows(x, torch.int8, K, "linear input")
         out = torch.empty(x2.shape[0], N, dtype=torch.int32)
-        _native.linear_i32(self._packed(lin), _ptr(x2), x2.shape[0], K, _ptr(out), N)
+        _native.linear_i32(self._packed(lin), _ptr(x2), x2.shape[0], _ld(x2), _ptr(out), N)
         return (out + lin.bias).view(*x.shape[:-1], N)
 
     def requantize(self, q, rq):
