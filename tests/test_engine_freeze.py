@@ -169,6 +169,19 @@ def test_engine_refuses_inputs_embeds_head_mask_and_bad_ids():
         frozen.set_backend("tpu")
 
 
+@pytest.mark.parametrize("field", ["input_ids", "token_type_ids", "position_ids"])
+@pytest.mark.parametrize("engine", [True, False], ids=["engine", "simulation"])
+def test_negative_ids_raise_like_the_float_model_instead_of_indexing_from_the_end(field, engine):
+    model = head_model("model", quant=True)
+    run = freeze(model, backend="reference") if engine else model
+    x = batch(1)
+    x.setdefault("position_ids", torch.full_like(x["input_ids"], 3))
+    x[field] = x[field].clone()
+    x[field][0, 2] = -1
+    with pytest.raises(ValueError, match=rf"{field} must lie in \[0, .*-1\.\."):
+        run(**x)
+
+
 def test_freezing_leaves_the_simulation_model_untouched_and_usable():
     model = head_model("seqcls_single_label", quant=True)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -412,3 +412,19 @@ def test_export_constants_are_the_frozen_models(tmp_path):
     word = frozen.encoder.embeddings.word.numpy()
     assert any(v.dtype == np.int8 and np.array_equal(v, word) for v in values)
     assert VOCAB == word.shape[0]
+
+
+@pytest.mark.parametrize("field", ["input_ids", "token_type_ids"])
+def test_the_graph_reads_a_negative_id_from_the_end_so_verify_refuses_it(tmp_path, field):
+    """The documented behaviour (docs/export.md): ONNX Gather counts -1 from the table's end; verify_onnx says so."""
+    frozen = _frozen("model")
+    path = tmp_path / "model.onnx"
+    export_onnx(frozen, path)
+    size = frozen.config.vocab_size if field == "input_ids" else frozen.config.type_vocab_size
+    x = batch(3)
+    negative, last = dict(x), dict(x)
+    negative[field], last[field] = x[field].clone(), x[field].clone()
+    negative[field][1, 2], last[field][1, 2] = -1, size - 1
+    assert np.array_equal(_run(path, negative)[INT8_OUTPUT], _run(path, last)[INT8_OUTPUT])
+    with pytest.raises(ValueError, match=rf"{field} must lie in \[0, {size}\).*does not check ids"):
+        verify_onnx(frozen, path, [negative])

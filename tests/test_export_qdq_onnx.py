@@ -430,3 +430,20 @@ def test_verify_refuses_a_file_from_another_head(tmp_path):
         verify_onnx(calibrated(QDQBertForMaskedLM), result.path, other_shapes())
     with pytest.raises(ValueError, match="batches is empty"):
         verify_onnx(model, result.path, [])
+
+
+@pytest.mark.parametrize("field", ["input_ids", "token_type_ids"])
+def test_the_graph_reads_a_negative_id_from_the_end_so_verify_refuses_it(tmp_path, field):
+    """The documented behaviour (docs/export.md): ONNX Gather counts -1 from the table's end; verify_onnx says so."""
+    model = calibrated()
+    path = export_onnx(model, tmp_path / "model.onnx", "onnxruntime", dynamo=False).path
+    size = model.config.vocab_size if field == "input_ids" else model.config.type_vocab_size
+    x = inputs(3)
+    negative, last = dict(x), dict(x)
+    negative[field], last[field] = x[field].clone(), x[field].clone()
+    negative[field][1, 2], last[field][1, 2] = -1, size - 1
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    run = lambda feed: session.run(None, {k: v.numpy() for k, v in feed.items()})[0]  # noqa: E731
+    assert np.array_equal(run(negative), run(last))
+    with pytest.raises(ValueError, match=rf"{field} must lie in \[0, {size}\).*does not check ids"):
+        verify_onnx(model, path, [negative])

@@ -14,9 +14,10 @@ from torch import nn
 from .errors import ExportError
 from .ibert_onnx import IBertExportResult, export_ibert_onnx
 from .qdq_onnx import QDQExportResult, export_qdqbert_onnx
-from .verify import VerifyReport, verify_onnx
+from .verify import VerifyReport, check_graph_ids, verify_onnx
 
-__all__ = ["ExportError", "IBertExportResult", "QDQExportResult", "VerifyReport", "export_onnx", "verify_onnx"]
+__all__ = ["ExportError", "IBertExportResult", "QDQExportResult", "VerifyReport", "check_graph_ids", "export_onnx",
+           "verify_onnx"]
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, target: str = "onnxruntime", **options):

@@ -558,7 +558,7 @@ def verify_ibert_onnx(model: nn.Module, session, graph, metadata: dict[str, str]
     try:
         with torch.no_grad():
             for batch in batches:
-                inputs = _as_inputs(batch, input_names)
+                inputs = _as_inputs(batch, input_names, frozen.config)
                 q = engine_int8(frozen, inputs)
                 reference = {INT8_OUTPUT: q, "last_hidden_state": q.to(torch.float32) * scale}
                 out = model(**{k: v.to(frozen.device) for k, v in inputs.items()}, return_dict=True)

@@ -19,7 +19,7 @@ from torch import nn
 from .ort_kernels import inspect_optimized_graph
 from .qdq_form import reduced_weight_range
 
-__all__ = ["VerifyReport", "verify_onnx"]
+__all__ = ["VerifyReport", "check_graph_ids", "verify_onnx"]
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,31 @@ class DiffTally:
         }
 
 
-def _as_inputs(batch, names: list[str]) -> dict[str, torch.Tensor]:
-    """A batch (dict of model inputs, or a tensor of input ids) as the graph's inputs, with the model's defaults."""
+#: Id inputs and the config field that bounds each. The exported graphs do not check ids (see check_graph_ids).
+ID_BOUNDS = (("input_ids", "vocab_size"), ("token_type_ids", "type_vocab_size"))
+
+
+def check_graph_ids(inputs: dict[str, torch.Tensor], config) -> None:
+    """Refuse ids outside [0, size) before they reach an exported graph, which does not check them.
+
+    Both exporters look ids up with ONNX ``Gather``, which reads a negative index as counting from the end of
+    the table: ``token_type_ids = -1`` gives the last type's embedding and ``input_ids = -1`` the last word, a
+    silent wrong answer, where the PyTorch models raise. onnxruntime fails on an id at or past the table's end
+    (an ``INVALID_ARGUMENT`` error from the Gather node). Call this on inputs before ``session.run``.
+    """
+    for name, field in ID_BOUNDS:
+        t, size = inputs.get(name), getattr(config, field, None)
+        if t is None or size is None or not t.numel():
+            continue
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= size:
+            raise ValueError(f"{name} must lie in [0, {size}) (config.{field}), got values {lo}..{hi}; the ONNX "
+                             "graph does not check ids (a negative id reads the table from its end)")
+
+
+def _as_inputs(batch, names: list[str], config=None) -> dict[str, torch.Tensor]:
+    """A batch (dict of model inputs, or a tensor of input ids) as the graph's inputs, with the model's defaults;
+    with ``config``, ids are checked first (:func:`check_graph_ids`)."""
     if isinstance(batch, torch.Tensor):
         batch = {"input_ids": batch}
     if not isinstance(batch, dict) or "input_ids" not in batch:
@@ -96,7 +119,10 @@ def _as_inputs(batch, names: list[str]) -> dict[str, torch.Tensor]:
     missing = [name for name in names if name not in batch and name not in defaults]
     if missing:
         raise ValueError(f"the graph needs inputs {missing}, which the batch lacks")
-    return {name: batch[name] if name in batch else defaults[name] for name in names}
+    inputs = {name: batch[name] if name in batch else defaults[name] for name in names}
+    if config is not None:
+        check_graph_ids(inputs, config)
+    return inputs
 
 
 def verify_onnx(
@@ -111,8 +137,13 @@ def verify_onnx(
     ``batches``: dicts of model inputs (``input_ids`` and optionally ``attention_mask``, ``token_type_ids``) or
     tensors of input ids. Outputs are matched by name (the graph's outputs are ``ModelOutput`` fields).
 
+    The graphs do not check ids (ONNX ``Gather`` reads a negative id from the end of the table, and onnxruntime
+    fails on ids past its end), so every batch's ``input_ids`` and ``token_type_ids`` are checked here against
+    the model's config first; check ids the same way (:func:`check_graph_ids`) wherever the graph is deployed.
+
     Raises:
-        ValueError: the file was exported from another model class, or no batch was given.
+        ValueError: the file was exported from another model class, no batch was given, or a batch holds ids
+            outside [0, vocab_size) / [0, type_vocab_size).
     """
     session, graph = inspect_optimized_graph(onnx_path, threads=threads)
     metadata = dict(session.get_modelmeta().custom_metadata_map)
@@ -133,7 +164,7 @@ def verify_onnx(
     try:
         with torch.no_grad(), reduced_weight_range(model, enabled=reduce_range):
             for batch in batches:
-                inputs = _as_inputs(batch, input_names)
+                inputs = _as_inputs(batch, input_names, model.config)
                 device = next(model.parameters()).device
                 expected = model(**{k: v.to(device) for k, v in inputs.items()}, return_dict=True)
                 got = session.run(output_names, {k: v.cpu().numpy().astype(np.int64) for k, v in inputs.items()})

@@ -366,12 +366,14 @@ def check_encoder_inputs(config: IBertConfig, input_ids, inputs_embeds, attentio
     for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids), ("position_ids", position_ids)):
         if t is not None and tuple(t.shape) != shape:
             raise ValueError(f"{name} must have shape {shape} like the input, got {tuple(t.shape)}")
-    if token_type_ids is not None and token_type_ids.numel() and int(token_type_ids.max()) >= config.type_vocab_size:
-        raise ValueError(
-            f"token_type_ids must lie in [0, {config.type_vocab_size}) (config.type_vocab_size)"
-        )
-    if position_ids is not None and position_ids.numel() and int(position_ids.max()) >= config.max_position_embeddings:
-        raise ValueError(f"position_ids must lie in [0, {config.max_position_embeddings})")
+    # Both bounds: a negative id would index from the end in the engine's tables (-1 = the last row), silently.
+    for name, t, size, field in (("token_type_ids", token_type_ids, config.type_vocab_size, "type_vocab_size"),
+                                 ("position_ids", position_ids, config.max_position_embeddings,
+                                  "max_position_embeddings")):
+        if t is not None and t.numel():
+            lo, hi = int(t.min()), int(t.max())
+            if lo < 0 or hi >= size:
+                raise ValueError(f"{name} must lie in [0, {size}) (config.{field}), got values {lo}..{hi}")
     return shape
 
 
