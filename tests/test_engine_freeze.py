@@ -156,6 +156,42 @@ def test_overflowing_configurations_raise_at_freeze_time():
         freeze(model)
 
 
+def _intermediate_row(model, row: int, weight: float, bias: float) -> None:
+    dense = model.encoder.layer[0].intermediate.dense
+    with torch.no_grad():
+        dense.weight[row] = 0.0
+        dense.weight[row, 0] = weight
+        dense.bias[row] = bias
+
+
+def test_a_zero_weight_row_keeps_its_bias_in_the_simulation_and_the_engine():
+    """Was: the bias of a pruned row clamped to the int32 limit at a ~1e-10 scale, 1.0 became 0.0047."""
+    model = build(intbert.IBertModel, tiny_config(True))
+    _intermediate_row(model, 3, 0.0, 1.0)
+    calibrated(model)
+    dense = model.encoder.layer[0].intermediate.dense
+    seen = {}
+    handle = dense.register_forward_hook(lambda m, a, out: seen.update(y=out[0].detach()))
+    x = batch(2)
+    sim = model(**x).last_hidden_state
+    handle.remove()
+    scale = dense.fc_scaling_factor[3] * model.encoder.layer[0].pre_intermediate_act.act_scaling_factor
+    assert (seen["y"][..., 3] - 1.0).abs().max() <= scale / 2  # one rounding of the bias, not 1.0 -> 0.0047
+    frozen = freeze(model, backend="reference")
+    assert torch.equal(frozen(**x).last_hidden_state, sim)
+
+
+def test_a_bias_that_does_not_fit_raises_naming_the_layer_and_channel_at_calibration_and_freeze():
+    model = build(intbert.IBertModel, tiny_config(True))
+    _intermediate_row(model, 5, 1e-7, 0.5)  # a tiny non-zero row: its scale is fixed by the weight
+    with pytest.raises(OverflowRiskError, match=r"encoder\.layer\.0\.intermediate\.dense: .*output channel 5"):
+        calibrated(model)
+    model = calibrated(build(intbert.IBertModel, tiny_config(True)))
+    _intermediate_row(model, 5, 1e-7, 0.5)  # edited after calibration
+    with pytest.raises(OverflowRiskError, match=r"intermediate\.dense: .*output channel 5"):
+        freeze(model)
+
+
 def test_engine_refuses_inputs_embeds_head_mask_and_bad_ids():
     frozen = freeze(head_model("model", quant=True))
     x = batch(1)

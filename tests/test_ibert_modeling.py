@@ -512,6 +512,21 @@ def test_calibrate_with_no_batches_raises():
         calibrate_ibert(build(IBertModel, tiny_config(True)), [])
 
 
+@pytest.mark.parametrize("method", ["minmax", "mse", "ema"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_calibrate_refuses_non_finite_data_and_keeps_the_model(method, bad):
+    """Was: NaN ranges accepted, every later output NaN (QDQ's calibrators refuse it)."""
+    model = calibrated(build(IBertModel, tiny_config(True)))
+    ranges = {k: v.clone() for k, v in model.state_dict().items() if k.endswith(("x_min", "x_max", "shift"))}
+    out = model(**batch(1)).last_hidden_state
+    embeds = torch.randn(2, SEQ, 32, generator=torch.Generator().manual_seed(3))
+    embeds[1, 2, 5] = bad
+    with pytest.raises(ValueError, match="NaN or inf.*first seen by embeddings"):
+        calibrate_ibert(model, [batch(10), {"inputs_embeds": embeds}], method=method)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in ranges.items())
+    assert torch.equal(model(**batch(1)).last_hidden_state, out)
+
+
 def test_failed_calibration_leaves_a_calibrated_model_unchanged():
     model = calibrated(build(IBertModel, tiny_config(True)))
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -361,6 +361,36 @@ def test_quant_linear_without_bias_works():
     _assert_simulated(y, s_b, want)
 
 
+def test_quant_linear_represents_the_bias_of_an_all_zero_row_instead_of_clamping_it():
+    """A pruned (all-zero) row has a ~1e-10 weight scale, so bias 1 needed ~10^10 steps and was clamped to 0.0047."""
+    lin = Q.QuantLinear(33, 4, per_channel=True, quant_mode=True)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(4, 33, generator=gen(5)))
+        lin.weight[2] = 0.0
+        lin.bias.copy_(torch.tensor([0.1, -0.2, 1.0, 0.3]))
+    s_in = torch.tensor([0.05])
+    q_x = torch.randint(-128, 128, (3, 33), generator=gen(6))
+    y, s_b = lin(q_x.float() * s_in, s_in)
+    # The zero row takes the largest row scale, so its bias is as exact as its neighbours' (half a step).
+    assert lin.fc_scaling_factor[2] == lin.fc_scaling_factor.max() and lin.weight_integer[2].eq(0).all()
+    assert (y[:, 2] - 1.0).abs().max() <= s_b[2] / 2
+    b_int = lin.bias_integer.long().tolist()
+    _assert_simulated(y, s_b, _linear_oracle(q_x.tolist(), lin.weight_integer.long().tolist(), b_int))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_quant_linear_refuses_a_bias_that_does_not_fit_naming_the_channel(mode):
+    lin = Q.QuantLinear(33, 4, per_channel=True, quant_mode=True).train(mode == "train")
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(4, 33, generator=gen(7)))
+        lin.weight[1] = 0.0
+        lin.weight[1, 0] = 1e-7  # one non-zero integer (127) at a tiny scale: the row's scale is not free
+        lin.bias.fill_(0.5)
+    s_in = torch.tensor([0.05])
+    with pytest.raises(OverflowRiskError, match=r"output channel 1: bias 0\.5"):
+        lin(torch.zeros(2, 33), s_in)
+
+
 def test_quant_linear_requires_per_tensor_input_scale():
     lin = _linear(True)
     with pytest.raises(ValueError):

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .quant_modules import RANGE_SENTINEL, IntLayerNorm, QuantAct
+from ...errors import OverflowRiskError
+from .quant_modules import RANGE_SENTINEL, IntLayerNorm, QuantAct, named_overflow
 
 #: "mse" (default): per batch, the symmetric range that minimises the quantization MSE of that activation,
 #: then the largest over batches; "minmax": the exact min/max over all calibration batches; "ema": the
@@ -58,6 +59,21 @@ def mse_batch_range(x: torch.Tensor, num_bits: int) -> tuple[torch.Tensor, torch
     return -best, best
 
 
+def _check_finite_ranges(model: nn.Module) -> None:
+    """Refuse ranges that saw NaN or inf (one host sync): every later output would be NaN, as QDQ refuses them.
+
+    NaN or inf propagate through min/max, so the first module in forward order with a non-finite range is
+    where they entered (from ``inputs_embeds``, or from a weight)."""
+    acts = [(name, m) for name, m in model.named_modules() if isinstance(m, QuantAct)]
+    if not acts:
+        return
+    finite = torch.stack([torch.isfinite(m.x_min).all() & torch.isfinite(m.x_max).all() for _, m in acts]).cpu()
+    if not bool(finite.all()):
+        name = acts[int((~finite).nonzero()[0, 0])][0]
+        raise ValueError(f"calibration data contains NaN or inf (first seen by {name}); check the model's inputs "
+                         "(inputs_embeds) and weights for non-finite values")
+
+
 def calibrate_ibert(
     model: nn.Module,
     batches: Iterable,
@@ -72,7 +88,9 @@ def calibrate_ibert(
     Ranges are reset first, then the batches run in order under no_grad with the quant modules in
     train mode (so each range is measured on the already-quantized outputs of the modules before it,
     as at inference) and dropout off. ``batches`` yields dicts of model kwargs (or tensors of ids);
-    ``forward_fn(model, batch)`` overrides the call. The model's train/eval mode is restored.
+    ``forward_fn(model, batch)`` overrides the call. The model's train/eval mode is restored. Batches that
+    carry NaN or inf (through ``inputs_embeds`` or non-finite weights) raise ``ValueError`` and leave the model
+    as it was.
     """
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"method must be one of {CALIBRATION_METHODS}, got {method!r}")
@@ -102,15 +120,19 @@ def calibrate_ibert(
         seen = 0
         with torch.no_grad():
             for batch in tqdm(batches, desc="calibrate", disable=not progress):
-                if forward_fn is not None:
-                    forward_fn(model, batch)
-                elif isinstance(batch, dict):
-                    model(**batch)
-                else:
-                    model(batch)
+                try:
+                    if forward_fn is not None:
+                        forward_fn(model, batch)
+                    elif isinstance(batch, dict):
+                        model(**batch)
+                    else:
+                        model(batch)
+                except OverflowRiskError as err:  # name the layer (a bias that does not fit, a too-fine scale)
+                    raise named_overflow(model, err) from None
                 seen += 1
         if seen == 0:
             raise ValueError("calibrate got no batches; pass at least one batch of representative inputs")
+        _check_finite_ranges(model)
         ok = True
     finally:
         with torch.no_grad():

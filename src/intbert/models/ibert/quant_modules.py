@@ -319,6 +319,17 @@ class QuantAct(nn.Module):
         return fused.rescale(ints_of(t, s_t), m, e, int_bits_of(t))
 
 
+def named_overflow(model: nn.Module, err: OverflowRiskError) -> OverflowRiskError:
+    """``err`` with the name (in ``model``) of the module that raised it prefixed, when it says which (``err.module``)."""
+    module = getattr(err, "module", None)
+    names = {m: n for n, m in model.named_modules()}
+    if module not in names:
+        return err
+    named = OverflowRiskError(f"{names[module] or type(model).__name__}: {err}")
+    named.module = module
+    return named
+
+
 def requant_multiplier(s_in: torch.Tensor, s_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The dyadic (m, e) of a requantization from scale ``s_in`` to ``s_out`` (both float32 tensors).
 
@@ -357,8 +368,16 @@ class QuantLinear(_CachedWeightMixin, nn.Module):
 
     S_w = max|W_row| / (2^(wb-1)-1) per output row (or per tensor), q_w = round_half_even(W / S_w) in the
     full range [-(2^(wb-1)-1), 2^(wb-1)-1] (the reference clamps to 126: fix (g)); S_b = S_w * S_x and
-    q_b = round_half_even(b / S_b) clamped to int32; y = q_x @ q_w^T + q_b (int64, exact) with scale S_b.
+    q_b = round_half_even(b / S_b); y = q_x @ q_w^T + q_b (int64, exact) with scale S_b.
     forward(x, prev_act_scaling_factor) -> (y, S_b). ``bias=False`` works (the reference crashes: fix (d)).
+
+    The bias must fit the int32 accumulator beside the GEMM: |q_b| <= 2^31 - 1 - K*128*2^(wb-1). The
+    reference clamps it silently: an all-zero (pruned) row got S_w = 1e-8/127, so a bias of 1 needed
+    q_b ~ 10^10 and came out as 0.0047. Such a row's scale is free (its integers are 0 at any scale), so
+    per-channel quantization gives it the layer's largest row scale instead: its bias is then represented
+    like its neighbours' (and its output scale stays in the range the next i-GELU accepts). Any other bias
+    that does not fit raises ``OverflowRiskError`` naming the channel (``err.module`` is this module, so
+    calibrate / freeze can name the layer).
     """
 
     def __init__(self, in_features, out_features, bias=True, weight_bit=8, bias_bit=32, per_channel=False, quant_mode=False):
@@ -398,11 +417,32 @@ class QuantLinear(_CachedWeightMixin, nn.Module):
                     w_min, w_max = w.min().expand(self.out_features), w.max().expand(self.out_features)
                 scale = intops.symmetric_scale(self.weight_bit, w_min, w_max)
                 q = intops.quantize(w, scale[:, None], self.weight_bit)
+                # An all-zero row's scale is free: the largest row scale, not 1e-8/127 (see the class docstring).
+                scale = torch.where((q == 0).all(dim=1), scale.max(), scale)
                 self.fc_scaling_factor = scale.float()
                 self.weight_integer = q.to(torch.int8 if self.weight_bit <= 8 else torch.int32)
                 # The GEMM operand, converted once: int_matmul runs integers through an exact float32 GEMM.
                 self._weight_operand = q.t().float().contiguous()
+                self._bias_checked = False
         return self.weight_integer, self.fc_scaling_factor
+
+    def _check_bias(self, b: torch.Tensor, limit: int) -> None:
+        """Raise if a bias integer does not fit beside the GEMM (one host sync: every forward in train mode, once in
+        eval until the weights change or train()/eval() is called)."""
+        if not self.training and getattr(self, "_bias_checked", False):
+            return
+        over = b.abs() > limit
+        if bool(over.any()):
+            c = int(over.nonzero()[0, 0])
+            err = OverflowRiskError(
+                f"QuantLinear({self.in_features} -> {self.out_features}) output channel {c}: bias "
+                f"{float(self.bias[c]):.6g} is {float(b[c]):.4g} steps of its scale S_w*S_x, beyond the {limit} the "
+                f"int32 accumulator has beside the GEMM; its weights (max |w| {float(self.weight[c].abs().max()):.3g}) "
+                "are too small for the bias: fold the bias into the next layer or prune the channel"
+            )
+            err.module = self
+            raise err
+        self._bias_checked = not self.training
 
     def forward(self, x, prev_act_scaling_factor=None):
         if not self.quant_mode:
@@ -419,19 +459,20 @@ class QuantLinear(_CachedWeightMixin, nn.Module):
             )
         _, s_w = self.quantized_weight()
         s_w = s_w.to(x.device)
+        lo, hi = intops.qrange(LINEAR_INPUT_BITS)
+        # |sum_k q_x q_w| <= K * 128 * 2^(wb-1) = gemm_bound (50,331,648 for K = 3072): an exact int32 sum.
+        a_bound, b_bound = -lo, 2 ** (self.weight_bit - 1)
+        gemm_bound = self.in_features * a_bound * b_bound
+        # The int32 accumulator starts at the bias: |q_b| <= 2^31 - 1 - gemm_bound keeps the sum in int32.
+        limit = min(intops.INT32_MAX - gemm_bound, 2 ** (self.bias_bit - 1) - 1)
         s_b = s_w * s_x.reshape(())
         with torch.no_grad():
-            lo, hi = intops.qrange(LINEAR_INPUT_BITS)
             q_x = ints_of(x, s_x).clamp(lo, hi)
-            # |sum_k q_x q_w| <= K * 128 * 2^(wb-1) = gemm_bound (50,331,648 for K = 3072): an exact int32 sum.
-            a_bound, b_bound = -lo, 2 ** (self.weight_bit - 1)
-            gemm_bound = self.in_features * a_bound * b_bound
             acc = intops.int_matmul(q_x, self._weight_operand.to(x.device), a_bound, b_bound)
             if self.bias is not None:
-                # The int32 accumulator starts at the bias: |bias| <= 2^31 - 1 - gemm_bound keeps the sum in
-                # int32 (the clamp binds only for a bias ~2^31 times its scale, never in a trained model).
-                limit = intops.INT32_MAX - gemm_bound
-                b_int = intops.quantize(self.bias.detach(), s_b, self.bias_bit).clamp(-limit, limit).int()
+                b = torch.round(self.bias.detach().double() / s_b.double())
+                self._check_bias(b, limit)
+                b_int = b.clamp(-limit, limit).int()  # a no-op once checked; keeps a skipped check in int32
                 self.bias_integer = b_int
                 acc = acc + b_int
         value = acc.to(x.dtype) * s_b
