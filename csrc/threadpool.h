@@ -31,7 +31,10 @@ class ThreadPool {
     if (n == threads_) return;
     stop_workers();
     threads_ = n;
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this] { work(); });
+    // A worker must know the generation at its creation: read inside the thread, a parallel_for that
+    // starts before the thread runs would look already seen, and the caller would wait for it forever.
+    const uint64_t start = generation_.load();
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this, start] { work(start); });
   }
 
   void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) {
@@ -63,8 +66,7 @@ class ThreadPool {
     for (int64_t i = next_.fetch_add(1); i < n; i = next_.fetch_add(1)) fn(i);
   }
 
-  void work() {
-    uint64_t seen = generation_.load(std::memory_order_acquire);
+  void work(uint64_t seen) {
     for (;;) {
       // Spin first (about 200 us), then sleep on the condition variable.
       auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);

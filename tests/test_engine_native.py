@@ -21,7 +21,7 @@ from intbert.engine import freeze
 from intbert.engine import backends as engine_backends
 from intbert.engine.backends import ReferenceBackend, native
 from intbert.engine.model import IntEmbeddings
-from intbert.engine.modules import GELUConstants, ResidualRequant, SoftmaxConstants
+from intbert.engine.modules import GELUConstants, IntLinear, ResidualRequant, SoftmaxConstants
 from intbert.engine.tokens import TokenLayout
 from intbert.quantization import intops
 
@@ -114,8 +114,9 @@ def test_residual_layernorm_chain(fast, rows, K, H, ln_input_bits):
     x, res = int8(18, rows, K), int8(19, rows, H)
     want = REF.linear_residual_layernorm(x, lin, res, add, ln, rq)
     assert torch.equal(want, fast.linear_residual_layernorm(x, lin, res, add, ln, rq))
-    res[0] = 0  # a constant row (variance 0) where the accumulator is constant too
-    lin.weight[:, :] = 0
+    # zero weights, zero bias and a zero residual row: a constant LayerNorm row (variance 0)
+    lin = IntLinear(torch.zeros_like(lin.weight), torch.zeros_like(lin.bias), 8)
+    res[0] = 0
     assert torch.equal(REF.linear_residual_layernorm(x, lin, res, add, ln, rq),
                        fast.linear_residual_layernorm(x, lin, res, add, ln, rq))
 
