@@ -313,9 +313,10 @@ def test_bench_of_ibert_without_the_onnx_column(ibert_dir, tmp_path, capsys):
 def test_qat_trains_a_new_head_and_saves_a_frozen_model(models, data, tmp_path, capsys):
     pytest.importorskip("accelerate", reason="Trainer needs accelerate (the demo extra)")
     out = tmp_path / "qat"
-    code, text, _ = cli("qat", models["base"], "--train", data["labelled.csv"], "--eval", data["labelled.csv"],
-                        "--scheme", "ibert", "--max-steps", "2", "--batch-size", "8", "--out", out, capsys=capsys)
+    code, text, err = cli("qat", models["base"], "--train", data["labelled.csv"], "--eval", data["labelled.csv"],
+                          "--scheme", "ibert", "--max-steps", "2", "--batch-size", "8", "--out", out, capsys=capsys)
     assert code == 0 and "INT8 after QAT" in text
+    assert "classifier" in err and "newly initialised" in err  # the new head is said to be new, not an error
     report = json.loads((out / "quantization_report.json").read_text())
     assert report["format"] == "frozen" and report["qat"]["steps"] == 2
     assert 0 <= report["eval"]["accuracy_quantized"] <= 1

@@ -20,7 +20,8 @@ from pathlib import Path
 from torch import nn
 
 from . import deploy
-from .checkpoints import REPORT_NAME, Checkpoint, inspect_checkpoint, load_float, model_class
+from .checkpoints import REPORT_NAME, Checkpoint, inspect_checkpoint, model_class
+from .console import note
 from .errors import UsageError
 
 #: The saved formats, and what each is in words (for tables and messages).
@@ -28,8 +29,20 @@ FORMATS = {"frozen": "I-BERT, frozen integer engine", "simulation": "I-BERT, cal
            "qdq": "QDQBERT, calibrated fake-quant"}
 
 
-def check_output_dir(out: Path, overwrite: bool) -> None:
-    """Refuse, before any work is done, to write over an existing non-empty folder without --overwrite."""
+def check_output_dir(out: Path, overwrite: bool, source: Path | None = None) -> None:
+    """Refuse, before any work is done, to write over an existing non-empty folder without --overwrite, and
+    to write where the float ``source`` lives: --out that is, contains or lies inside the source folder would
+    replace or pollute the float model (and the report would name the output as its own source)."""
+    if source is not None:
+        o, s = out.resolve(), source.resolve()
+        if o == s:
+            raise UsageError(f"--out {out} is the float model's own folder: quantizing in place would destroy "
+                             "it; choose another folder")
+        if o in s.parents:
+            raise UsageError(f"--out {out} contains the float model {source}: replacing it would delete the "
+                             "model; choose a folder outside it")
+        if s in o.parents:
+            raise UsageError(f"--out {out} lies inside the float model's folder {source}; choose a folder outside it")
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is a file; choose a directory for --out")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -78,20 +91,39 @@ def load_quantized(ckpt: Checkpoint, device: str = "cpu") -> nn.Module:
     return model_class(ckpt.family, ckpt.head).from_pretrained(ckpt.path).to(device).eval()
 
 
-def source_checkpoint(ckpt: Checkpoint, override: str | Path | None = None) -> Checkpoint:
-    """The float checkpoint a quantized folder was made from (``override``: --float), checked to exist."""
+def source_checkpoint(ckpt: Checkpoint, override: str | Path | None = None, allow_other: bool = False) -> Checkpoint:
+    """The float checkpoint a quantized folder was made from (``override``: --float), checked to exist and to
+    hold the weights recorded at quantize time (see ``check_source``)."""
     if override is not None:
-        return inspect_checkpoint(override)
-    source = (ckpt.report or {}).get("source", {}).get("path")
-    if not source:
-        raise UsageError(f"{ckpt.path / REPORT_NAME} names no source model; pass --float MODEL")
-    if not Path(source).is_dir():
-        raise UsageError(f"the float model {source} that {ckpt.path} was made from is gone; pass --float MODEL")
-    return inspect_checkpoint(source)
+        source = inspect_checkpoint(override)
+    else:
+        path = (ckpt.report or {}).get("source", {}).get("path")
+        if not path:
+            raise UsageError(f"{ckpt.path / REPORT_NAME} names no source model; pass --float MODEL")
+        if not Path(path).is_dir():
+            raise UsageError(f"the float model {path} that {ckpt.path} was made from is gone; pass --float MODEL")
+        source = inspect_checkpoint(path)
+    check_source(ckpt, source, allow_other)
+    return source
 
 
-def load_pair(ckpt: Checkpoint, float_override=None, device: str = "cpu") -> tuple[nn.Module, nn.Module]:
-    """(float reference, quantized model) of a quantized folder, both on ``device``, heads matching."""
-    source = source_checkpoint(ckpt, float_override)
-    quantized = load_quantized(ckpt, device)
-    return load_float(source, ckpt.head).to(device), quantized
+def check_source(ckpt: Checkpoint, source: Checkpoint, allow_other: bool = False) -> None:
+    """Refuse a float model whose weights are not those ``ckpt`` was quantized from (its fingerprint, recorded in
+    the report): another model, the bare encoder under a new head, renamed keys, or the source folder retrained
+    since. Comparing against it gives numbers that look like a bad quantization. ``allow_other``: warn instead."""
+    recorded = (ckpt.report or {}).get("source", {}).get("fingerprint")
+    if recorded is None:
+        note(f"{ckpt.path / REPORT_NAME} records no fingerprint of its float model (written by an older intbert), "
+             f"so {source.path} cannot be checked to be it")
+        return
+    from intbert import fingerprint
+
+    actual = fingerprint(source.path)
+    if actual == recorded:
+        return
+    what = (f"the float weights in {source.path} are not those {ckpt.path} was quantized from (fingerprint "
+            f"{actual[:15]}..., recorded {recorded[:15]}...)")
+    if not allow_other:
+        raise UsageError(f"{what}; pass the source checkpoint with --float MODEL, or --allow-other-float to "
+                         "compare anyway")
+    note(f"WARNING: {what}; comparing anyway (--allow-other-float): the numbers do not measure the quantization")

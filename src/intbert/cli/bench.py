@@ -76,7 +76,10 @@ def add_parser(commands) -> None:
                     "ratios to FP32; writes bench.json and latency.png to --out.")
     p.add_argument("dir", metavar="DIR", help="a folder written by intbert quantize or intbert qat")
     p.add_argument("--float", dest="float_model", metavar="MODEL",
-                   help="float checkpoint to compare with (default: the source named in DIR's report)")
+                   help="float checkpoint to compare with (default: the source named in DIR's report); it must hold "
+                        "the weights DIR was quantized from")
+    p.add_argument("--allow-other-float", action="store_true",
+                   help="time a float model whose weights are not DIR's source (a warning instead of an error)")
     p.add_argument("--batch-sizes", type=int_list, default=[1, 8, 32], metavar="N,N,...",
                    help="batch sizes (default: 1,8,32)")
     p.add_argument("--seq-len", type=positive_int, default=128, metavar="N", help="tokens per input (default: 128)")
@@ -94,7 +97,7 @@ def add_parser(commands) -> None:
 def _models(args, ckpt, device: str, scratch: Path) -> tuple[dict, dict, object]:
     """{name: runner factory} in table order, {name: why it is missing} for the columns that cannot run, and the
     quantized model's config."""
-    source = source_checkpoint(ckpt, args.float_model)
+    source = source_checkpoint(ckpt, args.float_model, args.allow_other_float)
     float_model = load_float(source, ckpt.head).to(device)
     quantized = load_quantized(ckpt, device)
     config = quantized.config

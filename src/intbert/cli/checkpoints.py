@@ -17,6 +17,7 @@ from torch import nn
 import intbert
 from intbert.quantization.workflow import named_quantizers
 
+from .console import note
 from .convert import bert_to_ibert_head, roberta_to_ibert
 from .errors import UsageError
 
@@ -100,15 +101,34 @@ def _weights_present(path: Path) -> None:
         raise UsageError(f"{path} has a config.json but no weights (*.safetensors or *.bin)")
 
 
-def load_float(ckpt: Checkpoint, head: str | None = None, **config_overrides) -> nn.Module:
+def _from_pretrained(cls: type, path: Path, new_head: str, **kwargs) -> nn.Module:
+    """``cls.from_pretrained(path)`` that refuses a checkpoint lacking encoder weights (renamed or prefixed keys, a
+    missing layer: transformers would fill them with random numbers and only log it). Head weights the checkpoint
+    lacks are newly initialised: ``new_head="note"`` says so on stderr (a head meant to be new, e.g. a classifier
+    on a bare encoder); ``"refuse"`` is a UsageError (a float reference with a random head compares with nothing)."""
+    from intbert import MissingWeightsError, load_float_checkpoint
+
+    try:
+        model, report = load_float_checkpoint(cls, path, **kwargs)
+    except MissingWeightsError as err:
+        raise UsageError(str(err)) from None
+    if report.new_head:
+        if new_head == "refuse":
+            raise UsageError(f"{report.new_head_message()}: it cannot serve as a float reference")
+        note(report.new_head_message())
+    return model
+
+
+def load_float(ckpt: Checkpoint, head: str | None = None, *, new_head: str = "note", **config_overrides) -> nn.Module:
     """The float model of a checkpoint, in eval mode, with its own head or ``head`` (a new head is
-    initialised from torch's global generator: seed it first). QDQBERT runs with its quantizers off."""
+    initialised from torch's global generator: seed it first). QDQBERT runs with its quantizers off.
+    ``new_head``: see ``_from_pretrained``."""
     _weights_present(ckpt.path)
     head = head or ckpt.head
     cls = model_class(ckpt.family, head)
     if ckpt.family == "ibert":
         config_overrides["quant_mode"] = False
-    model = cls.from_pretrained(ckpt.path, **config_overrides)
+    model = _from_pretrained(cls, ckpt.path, new_head, **config_overrides)
     if ckpt.family == "qdqbert":
         for _, q in named_quantizers(model):
             q.disable()
@@ -126,12 +146,13 @@ def build_quantized(ckpt: Checkpoint, scheme: str, head: str | None = None, **co
         if ckpt.family not in ("bert", "qdqbert"):
             raise UsageError(f"{ckpt.path} is a {ckpt.family} checkpoint; QDQBERT is BERT with Q/DQ nodes, so "
                              "RoBERTa and I-BERT checkpoints quantize with --scheme ibert")
-        return model_class("qdqbert", head).from_pretrained(ckpt.path, **config_overrides).eval()
+        return _from_pretrained(model_class("qdqbert", head), ckpt.path, "note", **config_overrides).eval()
     if ckpt.family == "qdqbert":
         raise UsageError(f"{ckpt.path} is a QDQBERT checkpoint; quantize it with --scheme qdq (or start from its "
                          "float BERT for --scheme ibert)")
     if ckpt.family == "ibert":
-        return model_class("ibert", head).from_pretrained(ckpt.path, quant_mode=True, **config_overrides).eval()
+        return _from_pretrained(model_class("ibert", head), ckpt.path, "note", quant_mode=True,
+                                **config_overrides).eval()
     source = load_float(ckpt, head, **config_overrides)
     if ckpt.family == "bert":
         return bert_to_ibert_head(source, quant_mode=True)

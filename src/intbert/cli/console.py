@@ -10,6 +10,12 @@ def progress_enabled() -> bool:
     return sys.stderr.isatty()
 
 
+def note(message: str) -> None:
+    """Something the user should know that is not an error (a newly initialised head, a check overridden): one
+    line on stderr, so that stdout stays the command's result."""
+    print(f"intbert: note: {' '.join(message.split())}", file=sys.stderr)
+
+
 def quiet_transformers() -> None:
     """Silence transformers' load reports and weight-loading bars; the commands say what matters themselves."""
     from transformers.utils import logging

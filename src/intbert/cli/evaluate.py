@@ -57,7 +57,11 @@ def add_parser(commands) -> None:
     p.add_argument("dir", metavar="DIR", help="a folder written by intbert quantize or intbert qat")
     p.add_argument("--data", metavar="FILE", required=True, help="examples: text lines, or a .csv/.tsv/.jsonl file")
     p.add_argument("--float", dest="float_model", metavar="MODEL",
-                   help="float checkpoint to compare with (default: the source named in DIR's report)")
+                   help="float checkpoint to compare with (default: the source named in DIR's report); it must hold "
+                        "the weights DIR was quantized from")
+    p.add_argument("--allow-other-float", action="store_true",
+                   help="compare with a float model whose weights are not DIR's source (a loud warning instead of "
+                        "an error)")
     p.add_argument("--max-examples", type=positive_int, metavar="N", help="use the first N examples")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the metrics as JSON")
     add_data_options(p)
@@ -78,10 +82,10 @@ def run(args: argparse.Namespace) -> int:
     if args.max_examples:
         examples = examples.head(args.max_examples)
     device = resolve_device(args.device)
-    source = source_checkpoint(ckpt, args.float_model)
+    source = source_checkpoint(ckpt, args.float_model, args.allow_other_float)
     # A qat folder trained a new head on a bare encoder: its source has no matching float head to compare.
-    comparable = args.float_model is not None or ckpt.report["source"].get("head") == ckpt.head
-    reference = load_float(source, ckpt.head).to(device) if comparable else None
+    comparable = source.head == ckpt.head
+    reference = load_float(source, ckpt.head, new_head="refuse").to(device) if comparable else None
     quantized = load_quantized(ckpt, device)
     metrics = evaluate(reference, quantized, load_tokenizer(ckpt.path), examples, ckpt.head,
                        batch_size=args.batch_size, max_length=args.max_length, device=device,

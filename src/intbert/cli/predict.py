@@ -42,7 +42,7 @@ def _load(args, device: str):
     if ckpt.quantized and not args.use_float:
         return ckpt, load_quantized(ckpt, device)
     if args.use_float and ckpt.quantized:
-        return ckpt, load_float(source_checkpoint(ckpt), ckpt.head).to(device)
+        return ckpt, load_float(source_checkpoint(ckpt), ckpt.head, new_head="refuse").to(device)
     return ckpt, load_float(ckpt).to(device)
 
 

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     ckpt = inspect_checkpoint(args.model)
     if ckpt.quantized:
         raise UsageError(f"{ckpt.path} was already quantized by intbert; start QAT from its float model")
-    check_output_dir(args.out, args.overwrite)
+    check_output_dir(args.out, args.overwrite, ckpt.path)
     train = read_examples(args.train, args.text_column, args.label_column, require_labels=True)
     held = read_examples(args.eval_file, args.text_column, args.label_column, require_labels=True)
     tokenizer = load_tokenizer(ckpt.path)

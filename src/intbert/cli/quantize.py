@@ -43,7 +43,7 @@ def quantize_checkpoint(ckpt: Checkpoint, scheme: str, method: str, examples: Ex
         raise UsageError(f"{ckpt.path} was already quantized by intbert; quantize its float model "
                          f"{ckpt.report.get('source', {}).get('path', '')}".rstrip())
     ptq.check_method(scheme, method)
-    check_output_dir(out, overwrite)
+    check_output_dir(out, overwrite, ckpt.path)
     tokenizer = load_tokenizer(ckpt.path)
     set_seed(seed)
     model = build_quantized(ckpt, scheme)
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--percentile must be in (0, 100], got {args.percentile}")
     ckpt = inspect_checkpoint(args.model)
     ptq.check_method(args.scheme, args.method)
-    check_output_dir(args.out, args.overwrite)
+    check_output_dir(args.out, args.overwrite, ckpt.path)
     examples = read_examples(args.calib_data, args.text_column).head(args.max_examples)
     result = quantize_checkpoint(ckpt, args.scheme, args.method, examples, args.out, batch_size=args.batch_size,
                                  max_length=args.max_length, freeze=not args.no_freeze, overwrite=args.overwrite,

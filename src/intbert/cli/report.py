@@ -59,7 +59,8 @@ def build_report(*, scheme: str, fmt: str, method: str, model: nn.Module, source
                  extra: dict | None = None) -> dict:
     """The report of a quantized folder. ``fmt``: "frozen" (integer engine files), "simulation" (a calibrated
     quant-mode I-BERT checkpoint) or "qdq" (a calibrated QDQBERT checkpoint); ``source``: the Checkpoint the
-    float model came from (its path is where ``intbert eval`` and ``bench`` find the float reference)."""
+    float model came from (its path is where ``intbert eval`` and ``bench`` find the float reference, and the
+    fingerprint of its weights is how they check that what they find there is still that model)."""
     report = {
         "report_version": REPORT_VERSION,
         "intbert_version": intbert.__version__,
@@ -67,7 +68,8 @@ def build_report(*, scheme: str, fmt: str, method: str, model: nn.Module, source
         "scheme": scheme,
         "format": fmt,
         "method": method,
-        "source": {"path": str(source.path.resolve()), "family": source.family, "head": source.head},
+        "source": {"path": str(source.path.resolve()), "family": source.family, "head": source.head,
+                   "fingerprint": intbert.fingerprint(source.path)},
         "calibration": calibration,
     }
     report.update(extra or {})
