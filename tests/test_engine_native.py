@@ -126,6 +126,9 @@ def test_requantize_int32_context(fast):
     q[0, :3] = torch.tensor([2**31 - 1, -(2**31) + 1, 0], dtype=torch.int32)
     for rq in (requant(21, 24, 8, 31), requant(22, 1, 8, 32, (0, 63))):
         assert torch.equal(REF.requantize(q, rq), fast.requantize(q, rq))
+    x = int8(23, 5, 24)  # int8 -> int8 (the layer's pre-FFN requantization)
+    rq = requant(24, 1, 8, 8, (28, 32))
+    assert torch.equal(REF.requantize(x, rq), fast.requantize(x, rq))
 
 
 def _embeddings(H, vocab=50, positions=20):

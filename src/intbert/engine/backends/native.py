@@ -277,11 +277,12 @@ class NativeBackend(ReferenceBackend):
         return (out + lin.bias).view(*x.shape[:-1], N)
 
     def requantize(self, q, rq):
-        if q.dtype != torch.int32 or rq.bits > 8 or q.dim() == 0:
+        """int8 / int32 -> int8 (the attention context; the int8 -> int8 pre-FFN requantization)."""
+        if q.dtype not in (torch.int8, torch.int32) or rq.bits > 8 or q.dim() == 0:
             return super().requantize(q, rq)
         self._threads()
         C = q.shape[-1]
-        q2 = q.reshape(-1, C).contiguous()
+        q2 = q.reshape(-1, C).to(torch.int32).contiguous()
         out = torch.empty(q2.shape, dtype=torch.int8)
         _native.requant_i32(_ptr(q2), C, q2.shape[0], C, self._rq(rq, C), _ptr(out), C)
         return out.view(q.shape)
