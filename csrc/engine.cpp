@@ -81,18 +81,42 @@ int64_t rows_per_task(int64_t m) {
   return rows;
 }
 
-// Runs epilogue(r0, rows, acc, ld_acc) on GEMM row blocks of x @ W^T, each block still in cache.
+// Runs epilogue(r0, rows, acc, ld_acc) on GEMM row blocks of x @ W^T with whole rows (all parts of
+// the weight), each block still in cache: for row-wise chains (LayerNorm).
 template <class Epilogue>
-void gemm_blocks(const PackedWeight& w, const int8_t* x, int64_t m, int64_t lda, Epilogue epilogue) {
+void gemm_rows(const PackedWeight& w, const int8_t* x, int64_t m, int64_t lda, Epilogue epilogue) {
   const Kernels& kn = kernels(w.isa);
   const int64_t rows = rows_per_task(m);
   ThreadPool::instance().parallel_for((m + rows - 1) / rows, [&](int64_t t) {
     const int64_t r0 = t * rows, r = std::min(rows, m - r0);
     int32_t* acc = static_cast<int32_t*>(t_acc.get(size_t(r) * w.n * sizeof(int32_t)));
-    kn.gemm(w.data, w.n, w.k, x + r0 * lda, 0, lda, r, acc, w.n);
+    for (int64_t p = 0; p < w.parts; ++p) {
+      const int64_t c0 = p * w.chunk;
+      kn.gemm(w.data[p], std::min(w.chunk, w.n - c0), w.k, x + r0 * lda, 0, lda, r, acc + c0, w.n);
+    }
     epilogue(r0, r, acc, w.n);
   });
 }
+
+// Runs epilogue(r0, rows, c0, cols, acc, ld_acc) on (row block, column part) tiles, part-major, so a
+// thread's consecutive tasks reuse the part of W in its L2: for elementwise chains.
+template <class Epilogue>
+void gemm_tiles(const PackedWeight& w, const int8_t* x, int64_t m, int64_t lda, Epilogue epilogue) {
+  const Kernels& kn = kernels(w.isa);
+  const int64_t rows = rows_per_task(m), blocks = (m + rows - 1) / rows;
+  ThreadPool::instance().parallel_for(blocks * w.parts, [&](int64_t t) {
+    const int64_t p = t / blocks, r0 = (t % blocks) * rows, r = std::min(rows, m - r0);
+    const int64_t c0 = p * w.chunk, cols = std::min(w.chunk, w.n - c0);
+    int32_t* acc = static_cast<int32_t*>(t_acc.get(size_t(r) * cols * sizeof(int32_t)));
+    kn.gemm(w.data[p], cols, w.k, x + r0 * lda, 0, lda, r, acc, cols);
+    epilogue(r0, r, c0, cols, acc, cols);
+  });
+}
+
+// Per-channel constants from column c0 on.
+RequantC from(const RequantC& rq, int64_t c0) { return {rq.m + c0, rq.e + c0, rq.bits, rq.input_bits}; }
+GeluC from(const GeluC& g, int64_t c0) { return {g.b + c0, g.c + c0, g.one + c0}; }
+const int32_t* from(const int32_t* bias, int64_t c0) { return bias ? bias + c0 : nullptr; }
 
 const Kernels& chains() { return kernels(current_isa()); }
 
@@ -106,39 +130,57 @@ bool set_isa(Isa isa) {
   return true;
 }
 
-PackedWeight* pack_weight(const int8_t* w, int64_t n, int64_t k, int64_t stride_n, int64_t stride_k, Isa isa) {
+// Columns per part of a chunked weight: about 512 KiB of int8 (half of a 2 MiB L2), a multiple of 64.
+static int64_t chunk_columns(int64_t n, int64_t k) {
+  const int64_t cols = std::max<int64_t>(64, (int64_t(512) * 1024 / std::max<int64_t>(k, 1)) / 64 * 64);
+  return n > cols + cols / 2 ? cols : n;  // a weight little larger than one chunk stays whole
+}
+
+PackedWeight* pack_weight(const int8_t* w, int64_t n, int64_t k, int64_t stride_n, int64_t stride_k, Isa isa,
+                          bool chunked) {
   const Kernels& kn = kernels(isa);
-  void* data = nullptr;
-  if (posix_memalign(&data, 64, std::max<size_t>(64, kn.packed_b_bytes(n, k))) != 0) throw std::bad_alloc();
-  kn.pack_b(w, n, k, stride_n, stride_k, data);
-  return new PackedWeight{isa, n, k, data};
+  const int64_t chunk = chunked ? chunk_columns(n, k) : std::max<int64_t>(n, 1);
+  const int64_t parts = std::max<int64_t>(1, (n + chunk - 1) / chunk);
+  PackedWeight* packed = new PackedWeight{isa, n, k, chunk, parts, new void*[parts]()};
+  for (int64_t p = 0; p < parts; ++p) {
+    const int64_t c0 = p * chunk, cols = std::min(chunk, n - c0);
+    if (posix_memalign(&packed->data[p], 64, std::max<size_t>(64, kn.packed_b_bytes(cols, k))) != 0) {
+      packed->data[p] = nullptr;
+      free_weight(packed);
+      throw std::bad_alloc();
+    }
+    kn.pack_b(w + c0 * stride_n, cols, k, stride_n, stride_k, packed->data[p]);
+  }
+  return packed;
 }
 
 void free_weight(PackedWeight* w) {
   if (w == nullptr) return;
-  free(w->data);
+  for (int64_t p = 0; p < w->parts; ++p) free(w->data[p]);
+  delete[] w->data;
   delete w;
 }
 
 void linear_i32(const PackedWeight& w, const int8_t* x, int64_t m, int64_t lda, int32_t* out, int64_t ld_out) {
-  gemm_blocks(w, x, m, lda, [&](int64_t r0, int64_t r, const int32_t* acc, int64_t ld) {
-    for (int64_t i = 0; i < r; ++i) memcpy(out + (r0 + i) * ld_out, acc + i * ld, w.n * sizeof(int32_t));
+  gemm_tiles(w, x, m, lda, [&](int64_t r0, int64_t r, int64_t c0, int64_t cols, const int32_t* acc, int64_t ld) {
+    for (int64_t i = 0; i < r; ++i) memcpy(out + (r0 + i) * ld_out + c0, acc + i * ld, cols * sizeof(int32_t));
   });
 }
 
 void linear_requant(const PackedWeight& w, const int8_t* x, int64_t m, int64_t lda, const int32_t* bias,
                     const RequantC& rq, int8_t* out, int64_t ld_out) {
   const Kernels& kn = kernels(w.isa);
-  gemm_blocks(w, x, m, lda, [&](int64_t r0, int64_t r, const int32_t* acc, int64_t ld) {
-    kn.bias_requant(acc, ld, r, w.n, bias, rq, out + r0 * ld_out, ld_out);
+  gemm_tiles(w, x, m, lda, [&](int64_t r0, int64_t r, int64_t c0, int64_t cols, const int32_t* acc, int64_t ld) {
+    kn.bias_requant(acc, ld, r, cols, from(bias, c0), from(rq, c0), out + r0 * ld_out + c0, ld_out);
   });
 }
 
 void linear_gelu_requant2(const PackedWeight& w, const int8_t* x, int64_t m, int64_t lda, const int32_t* bias,
                           const GeluC& g, const RequantC& rq1, const RequantC& rq2, int8_t* out, int64_t ld_out) {
   const Kernels& kn = kernels(w.isa);
-  gemm_blocks(w, x, m, lda, [&](int64_t r0, int64_t r, const int32_t* acc, int64_t ld) {
-    kn.bias_gelu_requant2(acc, ld, r, w.n, bias, g, rq1, rq2, out + r0 * ld_out, ld_out);
+  gemm_tiles(w, x, m, lda, [&](int64_t r0, int64_t r, int64_t c0, int64_t cols, const int32_t* acc, int64_t ld) {
+    kn.bias_gelu_requant2(acc, ld, r, cols, from(bias, c0), from(g, c0), from(rq1, c0), from(rq2, c0),
+                          out + r0 * ld_out + c0, ld_out);
   });
 }
 
@@ -146,7 +188,7 @@ void linear_residual_ln_requant(const PackedWeight& w, const int8_t* x, int64_t 
                                 const int8_t* res, int64_t ld_res, const ResidualC& add, const LayerNormC& ln,
                                 const RequantC& rq, int8_t* out, int64_t ld_out) {
   const Kernels& kn = kernels(w.isa);
-  gemm_blocks(w, x, m, lda, [&](int64_t r0, int64_t r, const int32_t* acc, int64_t ld) {
+  gemm_rows(w, x, m, lda, [&](int64_t r0, int64_t r, const int32_t* acc, int64_t ld) {
     kn.bias_residual_ln_requant(acc, ld, r, w.n, bias, res + r0 * ld_res, ld_res, add, ln, rq, out + r0 * ld_out,
                                 ld_out);
   });

@@ -12,13 +12,19 @@ Isa current_isa();
 // Lower (or restore) the level; a level above detected_isa() is refused (returns false).
 bool set_isa(Isa isa);
 
-// A weight packed once for y = x @ W^T on one ISA (the layout differs per ISA).
+// A weight packed once for y = x @ W^T on one ISA (the layout differs per ISA), as column chunks:
+// part i holds columns [i*chunk, min(n, (i+1)*chunk)). Weights whose epilogue is elementwise are cut
+// into chunks of about 512 KiB, so a chunk stays in L2 while the row blocks stream past it; weights
+// that feed a row-wise epilogue (LayerNorm needs whole rows) are one chunk.
 struct PackedWeight {
   Isa isa;
   int64_t n, k;
-  void* data;  // 64-byte aligned, owned
+  int64_t chunk;       // columns per part (the last may be narrower)
+  int64_t parts;       // number of parts
+  void** data;         // parts pointers, each 64-byte aligned, owned
 };
-PackedWeight* pack_weight(const int8_t* w, int64_t n, int64_t k, int64_t stride_n, int64_t stride_k, Isa isa);
+PackedWeight* pack_weight(const int8_t* w, int64_t n, int64_t k, int64_t stride_n, int64_t stride_k, Isa isa,
+                          bool chunked);
 void free_weight(PackedWeight* w);
 
 // x: int8 [m, k] rows at x + r*lda. Outputs row-major with their own leading dimension.

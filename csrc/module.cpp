@@ -96,15 +96,15 @@ PyObject* py_set_threads(PyObject*, PyObject* args) {
 
 PyObject* py_pack_weight(PyObject*, PyObject* args) {
   long long w, n, k, sn, sk;
-  int isa;
-  if (!PyArg_ParseTuple(args, "LLLLLi", &w, &n, &k, &sn, &sk, &isa)) return nullptr;
+  int isa, chunked;
+  if (!PyArg_ParseTuple(args, "LLLLLip", &w, &n, &k, &sn, &sk, &isa, &chunked)) return nullptr;
   if (isa < 0 || isa > detected_isa()) {
     PyErr_Format(PyExc_ValueError, "ISA level %d is not available on this CPU", isa);
     return nullptr;
   }
   PackedWeight* packed = nullptr;
   try {
-    packed = pack_weight(ptr<const int8_t>(w), n, k, sn, sk, Isa(isa));
+    packed = pack_weight(ptr<const int8_t>(w), n, k, sn, sk, Isa(isa), chunked);
   } catch (const std::bad_alloc&) {
     return PyErr_NoMemory();
   }
@@ -216,7 +216,7 @@ PyMethodDef methods[] = {
     {"set_isa", py_set_isa, METH_VARARGS, "Use a lower (or the detected) ISA level."},
     {"threads", py_threads, METH_NOARGS, "Threads of the native pool."},
     {"set_threads", py_set_threads, METH_VARARGS, "Resize the native pool."},
-    {"pack_weight", py_pack_weight, METH_VARARGS, "Pack int8 W [n, k] (strided) for one ISA level."},
+    {"pack_weight", py_pack_weight, METH_VARARGS, "Pack int8 W [n, k] (strided) for one ISA level, in L2-sized column chunks if asked."},
     {"packed_isa", py_packed_isa, METH_VARARGS, "ISA level a packed weight was packed for."},
     {"linear_i32", py_linear_i32, METH_VARARGS, "x @ W^T -> int32."},
     {"linear_requant", py_linear_requant, METH_VARARGS, "x @ W^T + b -> requant -> int8."},

@@ -50,8 +50,10 @@ def fast(request):
 
 
 REF = ReferenceBackend()
-# (rows, K, N): single elements, primes either side of the vector widths, BERT's 768 + 1, K = 3072.
-LINEAR_SIZES = [(1, 1, 1), (7, 17, 33), (33, 64, 129), (129, 769, 17), (5, 3072, 40), (64, 768, 96)]
+# (rows, K, N): single elements, primes either side of the vector widths, BERT's 768 + 1, K = 3072, and
+# N = 1100 at K = 768: a weight cut into L2-sized column parts (640 + 460 columns).
+LINEAR_SIZES = [(1, 1, 1), (7, 17, 33), (33, 64, 129), (129, 769, 17), (5, 3072, 40), (64, 768, 96),
+                (70, 768, 1100)]
 
 
 @pytest.mark.parametrize("rows, K, N", LINEAR_SIZES)
@@ -91,9 +93,8 @@ def test_gemm_is_exact_where_u8_s8_pair_sums_would_saturate_int16(fast):
         assert int(want[0, 0]) == value * 127 * K
 
 
-@pytest.mark.parametrize("rows, N", [(1, 1), (9, 17), (65, 520)])
-def test_gelu_chain(fast, rows, N):
-    K = 40
+@pytest.mark.parametrize("rows, K, N", [(1, 40, 1), (9, 40, 17), (65, 40, 520), (33, 768, 1300)])
+def test_gelu_chain(fast, rows, K, N):
     lin = linear(8, N, K)
     scale = torch.rand(N, generator=torch.Generator().manual_seed(9)) * 1e-3 + 2**-20
     g = GELUConstants(*intops.gelu_constants(scale)[:3])

@@ -112,13 +112,15 @@ class NativeBackend(ReferenceBackend):
         if _native.threads() != n:
             _native.set_threads(n)
 
-    def _packed(self, lin: IntLinear):
+    def _packed(self, lin: IntLinear, chunked: bool = True):
+        """The weight packed for the current ISA; ``chunked`` (elementwise epilogues): in L2-sized column parts."""
         isa = _native.isa()
-        entry = self._weights.get(id(lin))
+        key = (id(lin), chunked)
+        entry = self._weights.get(key)
         if entry is None or entry[0] is not lin.weight or entry[1] != isa:  # replaced buffer (load, .to()) or ISA
             w = lin.weight.contiguous()
             n, k = w.shape
-            entry = self._weights[id(lin)] = (lin.weight, isa, _native.pack_weight(_ptr(w), n, k, k, 1, isa))
+            entry = self._weights[key] = (lin.weight, isa, _native.pack_weight(_ptr(w), n, k, k, 1, isa, chunked))
         return entry[2]
 
     def _cached(self, module, channels: int, sources: tuple, build):
@@ -229,7 +231,7 @@ class NativeBackend(ReferenceBackend):
         if res.shape[0] != x2.shape[0]:
             raise ValueError(f"native residual: {res.shape[0]} rows for {x2.shape[0]} input rows")
         out = torch.empty(x2.shape[0], N, dtype=torch.int8)
-        _native.linear_residual_ln_requant(self._packed(lin), _ptr(x2), x2.shape[0], _ld(x2), _ptr(lin.bias), _ptr(res), _ld(res),
+        _native.linear_residual_ln_requant(self._packed(lin, chunked=False), _ptr(x2), x2.shape[0], _ld(x2), _ptr(lin.bias), _ptr(res), _ld(res),
                                            self._add(add, N), self._ln(ln, N), self._rq(rq, N), _ptr(out), N)
         return out.view(*x.shape[:-1], N)
 
