@@ -256,6 +256,10 @@ def integer_encoder(base: IBertModel, backend: str | None = None) -> IntegerIBer
         base.train(was_training)
     pooler = copy.deepcopy(base.pooler) if base.pooler is not None else None
     integer = IntegerIBertModel(copy.deepcopy(config), embeddings, layers, pooler, backend)
+    # The loader's bounds, on what was built: a frozen model always loads back (one definition of each bound).
+    from .frozen import validate_encoder
+
+    validate_encoder(integer, integer.config, where="freeze", error=OverflowRiskError)
     return integer.to(device)
 
 
