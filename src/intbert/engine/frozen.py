@@ -178,6 +178,8 @@ LAYER_REQUANTS = {
     "attention_out": "H", "pre_intermediate": 1, "gelu_act": "I", "pre_output": 1, "output_add": ("H", 1),
     "output_out": "H",
 }  # fmt: skip
+#: A smoothed model (``config.smoothing``, see ``intbert.smooth``) reads each layer's residual input per channel.
+SMOOTHED_LAYER_REQUANTS = dict(LAYER_REQUANTS, attention_add=("H", "H"), output_add=("H", "H"))
 
 
 def _config_bounds(config: IBertConfig, where: str, error: type[Exception]) -> None:
@@ -223,9 +225,10 @@ def validate_encoder(encoder: IntegerIBertModel, config: IBertConfig, where: str
     emb = encoder.embeddings
     for name in emb.PARTS:
         check(getattr(emb, name), f"embeddings.{name}", EMBEDDING_REQUANTS.get(name))
+    layer_requants = SMOOTHED_LAYER_REQUANTS if getattr(config, "smoothing", None) else LAYER_REQUANTS
     for i, layer in enumerate(encoder.layer):
         for name in layer.PARTS:
-            check(getattr(layer, name), f"layer.{i}.{name}", LAYER_REQUANTS.get(name))
+            check(getattr(layer, name), f"layer.{i}.{name}", layer_requants.get(name))
 
 
 def _unique_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
