@@ -216,3 +216,55 @@ def test_quant_mode_stays_close_to_transformers_calibrated_on_the_same_batches()
     assert not torch.equal(a, b)
     assert cos(a, b).min() > MIN_QUANT_COSINE
     assert cos(a, ref).min() > MIN_QUANT_COSINE
+
+
+def _loaded(cls, folder):
+    model, info = cls.from_pretrained(folder, output_loading_info=True)
+    return model.eval(), info
+
+
+def test_an_untied_masked_lm_round_trips_its_own_decoder(tmp_path):
+    """Was: the hard tie decoder.bias = bias saved one bias, and the reload re-randomised the whole decoder."""
+    torch.manual_seed(0)
+    model = IBertForMaskedLM(IBertConfig(**fields(), tie_word_embeddings=False)).eval()
+    with torch.no_grad():
+        model.lm_head.decoder.bias.normal_()
+    assert model.lm_head.decoder.weight is not model.ibert.embeddings.word_embeddings.weight
+    model.save_pretrained(tmp_path)
+    loaded, info = _loaded(IBertForMaskedLM, tmp_path)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert torch.equal(loaded.lm_head.decoder.weight, model.lm_head.decoder.weight)
+    assert torch.equal(loaded.lm_head.decoder.bias, model.lm_head.decoder.bias)
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch(1)).logits, model(**batch(1)).logits)
+
+
+def test_a_checkpoint_without_the_lm_head_bias_reports_it_missing(tmp_path):
+    torch.manual_seed(0)
+    IBertForMaskedLM(IBertConfig(**fields())).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    save_file({k: v for k, v in load_file(str(weights)).items() if k != "lm_head.bias"}, str(weights),
+              metadata={"format": "pt"})
+    loaded, info = _loaded(IBertForMaskedLM, tmp_path)
+    assert "lm_head.bias" in info["missing_keys"]
+    assert loaded.lm_head.decoder.bias is loaded.lm_head.bias and not loaded.lm_head.bias.any()  # zeros, tied
+
+
+QUANT_CACHES = ("weight_integer", "bias_integer", "fc_scaling_factor", "weight_scaling_factor")
+
+
+def test_quant_caches_a_checkpoint_lacks_load_as_zeros_not_uninitialised_memory(tmp_path):
+    """Was: _init_weights skipped them, and a save before the first forward wrote garbage (seen: -2.25e12)."""
+    torch.manual_seed(0)
+    model = IBertModel(IBertConfig(**fields(), quant_mode=True))
+    model.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    kept = {k: v for k, v in load_file(str(weights)).items() if not k.endswith(QUANT_CACHES)}
+    save_file(kept, str(weights), metadata={"format": "pt"})
+    for _ in range(3):  # fresh allocations each time: uninitialised memory shows up in one of them
+        loaded, info = _loaded(IBertModel, tmp_path)
+        caches = {k: v for k, v in loaded.state_dict().items() if k.endswith(QUANT_CACHES)}
+        assert caches and set(caches) <= set(info["missing_keys"])
+        assert all(not v.any() for v in caches.values()), [k for k, v in caches.items() if v.any()][:3]
+        # and every loaded weight is the checkpoint's (the init skips what the file filled)
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in kept.items())

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import CrossEntropyLoss
 from transformers import PreTrainedModel
+from transformers import initialization as init
 from transformers.activations import gelu
 from transformers.modeling_outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
@@ -387,29 +388,41 @@ class IBertPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
+        # transformers' ``init`` functions skip tensors a checkpoint already filled, so a module with one missing
+        # tensor keeps its loaded others (a raw ``normal_`` re-randomised a loaded decoder weight). The integer
+        # caches are zeroed too (the port's fix): they are recomputed at the first forward, but a save before it
+        # wrote whatever memory they were allocated in (seen: -2.25e12).
         std = self.config.initializer_range
         if isinstance(module, (QuantLinear, nn.Linear)):
-            module.weight.normal_(mean=0.0, std=std)
+            init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
-                module.bias.zero_()
+                init.zeros_(module.bias)
+            if isinstance(module, QuantLinear):
+                init.zeros_(module.weight_integer)
+                init.zeros_(module.fc_scaling_factor)
+                if module.bias_integer is not None:
+                    init.zeros_(module.bias_integer)
         elif isinstance(module, (QuantEmbedding, nn.Embedding)):
-            module.weight.normal_(mean=0.0, std=std)
-            if module.padding_idx is not None:
-                module.weight[module.padding_idx].zero_()
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                init.zeros_(module.weight[module.padding_idx])
+            if isinstance(module, QuantEmbedding):
+                init.zeros_(module.weight_scaling_factor)
+                init.zeros_(module.weight_integer)
         elif isinstance(module, (IntLayerNorm, nn.LayerNorm)):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
             if isinstance(module, IntLayerNorm):
-                module.shift.zero_()
+                init.zeros_(module.shift)
         elif isinstance(module, QuantAct):
-            module.x_min.fill_(-1e-5)
-            module.x_max.fill_(1e-5)
-            module.act_scaling_factor.zero_()
+            init.constant_(module.x_min, -1e-5)  # quant_modules.RANGE_SENTINEL: "never calibrated"
+            init.constant_(module.x_max, 1e-5)
+            init.zeros_(module.act_scaling_factor)
             module._calibrated = None
         elif isinstance(module, IBertLMHead):
-            module.bias.zero_()
+            init.zeros_(module.bias)
         elif isinstance(module, IBertEmbeddings):
-            module.position_ids.copy_(torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
 
     def resize_token_embeddings(self, *args, **kwargs):
         raise NotImplementedError("I-BERT's QuantEmbedding does not support resizing the vocabulary")
@@ -482,7 +495,13 @@ class IBertModel(IBertPreTrainedModel):
 
 
 class IBertLMHead(nn.Module):
-    """Float: dense -> gelu -> LayerNorm -> decoder (tied to the word embeddings) + bias."""
+    """Float: dense -> gelu -> LayerNorm -> decoder (+ its bias).
+
+    With ``tie_word_embeddings`` (the default) transformers ties the decoder to the word embeddings and
+    ``decoder.bias`` to ``bias`` (``_tied_weights_keys``); without it the decoder keeps its own weight and bias,
+    as in transformers' RoBERTa and I-BERT. The old hard tie ``decoder.bias = bias`` saved one bias under one name
+    only, so an untied model reloaded with a missing ``decoder.bias`` and a re-randomised decoder.
+    """
 
     def __init__(self, config: IBertConfig):
         super().__init__()
@@ -490,7 +509,6 @@ class IBertLMHead(nn.Module):
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
-        self.decoder.bias = self.bias
 
     def forward(self, features):
         return self.decoder(self.layer_norm(gelu(self.dense(features))))
