@@ -62,9 +62,14 @@ static inline V load_i32(const int32_t* p, int64_t left) {
                               : _mm_maskload_epi32(reinterpret_cast<const int*>(p), lanes32(left));
   return _mm256_cvtepi32_epi64(x);
 }
+// Partial blocks copy byte by byte; full ones take a fixed-size copy (one load: a variable-size copy
+// becomes a byte loop whose stores stall the following 4-byte load).
 static inline V load_i8(const int8_t* p, int64_t left) {
   int32_t x = 0;
-  memcpy(&x, p, size_t(left >= 4 ? 4 : left));
+  if (left >= 4)
+    memcpy(&x, p, 4);
+  else
+    memcpy(&x, p, size_t(left));
   return _mm256_cvtepi8_epi64(_mm_cvtsi32_si128(x));
 }
 // The low 32 bits of each lane, as 4 int32 (values already clamped to the stored width).
@@ -74,7 +79,10 @@ static inline __m128i low32(V v) {
 static inline void store_i8(int8_t* p, int64_t left, V v) {
   const __m128i b = _mm_shuffle_epi8(low32(v), _mm_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1));
   const int32_t x = _mm_cvtsi128_si32(b);
-  memcpy(p, &x, size_t(left >= 4 ? 4 : left));
+  if (left >= 4)
+    memcpy(p, &x, 4);
+  else
+    memcpy(p, &x, size_t(left));
 }
 static inline void store_i32(int32_t* p, int64_t left, V v) {
   if (left >= 4)
@@ -119,8 +127,10 @@ static inline Rq rq_load(const RequantC& rq, int64_t c, int64_t left) {
 // (q m + 2^(e-1)) >> e for lanes whose value fits int32: |q m| <= 2^31 (2^31 - 1) < 2^62.
 static inline V rescale_narrow(const Rq& r, V q) { return srav64(add(_mm256_mul_epi32(q, r.m), r.half), r.e); }
 
-// intops.rescale for input_bits > 31, |q| < 2^47 (see chains_avx512.cpp): the split form for e >= 16,
-// q clamped to [INT32_MIN + 1, INT32_MAX] and the direct form for e < 16.
+// intops.rescale for input_bits > 31, |q| < 2^47. e >= 16: q = qh 2^16 + ql (0 <= ql < 2^16),
+// low = (ql m + 2^(e-1)) >> 16 (< 2^47 + 2^62, non-negative: a logical shift), result
+// (qh m + low) >> (e - 16) with qh in [-2^31, 2^31) (vpmuldq exact, |qh m| < 2^62). e < 16: q clamped
+// to [INT32_MIN + 1, INT32_MAX], then the direct form.
 static inline V rescale_wide(const Rq& r, V q) {
   const V ql = vand(q, set1(0xFFFF));
   const V low = _mm256_srli_epi64(add(_mm256_mul_epu32(ql, r.m), r.half), 16);  // >= 0
@@ -132,7 +142,9 @@ static inline V rescale_wide(const Rq& r, V q) {
 
 static inline V rescale(const Rq& r, V q) { return r.wide ? rescale_wide(r, q) : rescale_narrow(r, q); }
 
-// rescale(acc + bias) for int32 acc and bias (see chains_avx512.cpp: bm = bias m + 2^(e-1) per block).
+// rescale(acc + bias) for int32 acc and bias. Narrow: acc m + (bias m + 2^(e-1)) with the bias term
+// `bm` computed once per block: the same int64 value as (acc + bias) m + 2^(e-1) (|acc + bias| <= 2^32,
+// m < 2^31: every partial product < 2^62). Wide: the int64 sum |acc + bias| <= 2^32 < 2^47.
 static inline V bias_term(const Rq& r, V bias) { return add(_mm256_mul_epi32(bias, r.m), r.half); }
 static inline V rescale_acc(const Rq& r, V acc, V bias, V bm) {
   if (r.wide) return rescale_wide(r, add(acc, bias));
@@ -172,8 +184,13 @@ static inline V int_gelu(const Gelu& g, V q) {
 static const int64_t kLnScratch = 16384;  // int32 values of h on the stack (64 KiB); wider rows: scalar
 static const int64_t kLnGroup = 16;       // rows normalised together
 
-// floor(sqrt(n)) for 0 <= n < 2^62 (the proof that trunc(sqrt(double)) is k or k + 1 is in
-// chains_avx512.cpp).
+// floor(sqrt(n)) for 0 <= n < 2^62, exactly. With k = floor(sqrt n) < 2^31, x = trunc(fl(sqrt(fl(n))))
+// is k or k + 1 (fl: round to nearest double, relative error <= 2^-53; fl and sqrt are monotone):
+//  x >= k: fl(n) >= fl(k^2). If k is a power of two, k^2 is a double and its root is k. Otherwise, for
+//    2^j < k < 2^(j+1), sqrt(fl(k^2)) >= k sqrt(1 - 2^-53) > k - k 2^-54 - 2^-70 > k - 2^(j-53), the
+//    midpoint between k and the double below it (k - 2^(j-52)), so the root rounds to k or above.
+//  x <= k + 1: the same argument from above with n < (k + 1)^2.
+// One step down fixes x = k + 1 (it happens: n = k^2 - 1 for k = 2^26 + 1); x^2 <= 2^62 cannot overflow.
 static int64_t isqrt(int64_t n) {
   const __m128d d = _mm_set_sd(double(n));
   int64_t x = int64_t(_mm_cvtsd_f64(_mm_sqrt_sd(d, d)));
@@ -181,7 +198,9 @@ static int64_t isqrt(int64_t n) {
   return x;
 }
 
-struct LnRow {  // mean, std, R = floor((2^62 - 1) / std) = rh 2^31 + rl (see chains_avx512.cpp)
+// Per-row constants: the rounded mean, std = max(isqrt(var) << shift, 1) and
+// R = floor((2^62 - 1) / std) = rh 2^31 + rl (rh, rl < 2^31: both fit vpmuldq, also for std = 1).
+struct LnRow {
   int64_t mean, std_, rh, rl;
 };
 
@@ -206,8 +225,12 @@ static LnRow ln_row(const int32_t* h, int64_t n, int64_t shift) {
   return row;
 }
 
-// floor(y 2^30 / d), |y| < 2^23, 1 <= d < 2^32: the estimate q0 = floor(y R / 2^32) is within one of the
-// result (proof in chains_avx512.cpp); r = y 2^30 - q0 d from the low 64 bits of q0 d.
+// floor(y 2^30 / d) for |y| < 2^23, 1 <= d < 2^32 (intops.floor_div_by_reciprocal, one step each way).
+// With R = floor((2^62 - 1) / d) = 2^62 / d - eps, 0 < eps < 2, the nested floors give exactly
+// q0 = floor(y R / 2^32) = floor(X - y eps / 2^32) for X = y 2^30 / d, and |y eps / 2^32| < 2^-8, so q0
+// is floor(X) - 1, floor(X) or floor(X) + 1 (|y rh|, |y rl| < 2^54). r = y 2^30 - q0 d (|r| < 2d < 2^33)
+// from the low 64 bits of q0 d (exact: the true value is small) picks floor(X): r < 0 steps down,
+// r >= d steps up.
 static inline V floor_div_recip(V y, const LnRow& row) {
   const V d = set1(row.std_);
   const V a = add(_mm256_mul_epi32(y, set1(row.rh)), srai64(_mm256_mul_epi32(y, set1(row.rl)), 31));
@@ -354,7 +377,10 @@ static inline W kept8(const uint8_t* keep, int64_t left) {
   const W in = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(left < 8 ? left : 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   if (!keep) return in;
   int64_t k = 0;
-  memcpy(&k, keep, size_t(left >= 8 ? 8 : left));
+  if (left >= 8)
+    memcpy(&k, keep, 8);
+  else
+    memcpy(&k, keep, size_t(left));
   const W masked = _mm256_cmpeq_epi32(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(k)), _mm256_setzero_si256());
   return _mm256_andnot_si256(masked, in);
 }
@@ -368,7 +394,17 @@ struct Exp {
   V m;              // dyadic m (< 2^31)
 };
 
-// e for 8 scores; the arithmetic and its bounds are those of exp16 in chains_avx512.cpp.
+// e = round_half_up(L m / 2^(z + e_m)) clamped to [0, 2^15] for 8 scores (intops.int_softmax):
+//  x = max(q >> p, xmax + 30 x0) - xmax            (= max(x - xmax, 30 x0), in [30 x0, 0]: int32)
+//  z = floor(n / dd), n = -x in [0, 30 dd] < 2^19  (= floor(x / x0), the ((-x) zm) >> 33 of intops):
+//      n and 1/dd in float32 (n exact, 1/dd and the product each within 2^-24 relative), so the float
+//      quotient is within 30 2^-22.9 < 2^-17 of n / dd <= 30. A non-integer n / dd is at least
+//      1/dd > 2^-14 from an integer (dd < 11358: the score scale is raised to >= 2^-14), so truncation
+//      gives floor(n / dd) except when n / dd is an integer and the float falls just below: then one
+//      too small, which r' = n - z dd >= dd detects.
+//  r = x - x0 z = -r' in (x0, 0];  L = (r + b) r + c   (|(r + b) r| < 2^30, L in (0, 2^30): int32)
+//  L m < 2^61 (int64, even and odd lanes by vpmuldq); a negative (L m + half) floors below 0 and
+//  clamps to 0, so a logical shift serves the non-negative ones.
 static inline W exp8(const Exp& x, const int32_t* q, int64_t left) {
   const W s = _mm256_sra_epi32(load8_i32(q, left), x.pcnt);
   const W d = _mm256_sub_epi32(_mm256_max_epi32(s, x.floor_t), x.xmax);  // in [30 x0, 0]
@@ -424,7 +460,7 @@ void softmax_row_avx2(INTBERT_SOFTMAX_ROW_ARGS) {
   x.em = _mm256_set1_epi32(int32_t(sm.e));
   x.m = set1(sm.m);
 
-  int32_t buf[kSmScratch];
+  int32_t buf[kSmScratch + 8];
   const bool keep_e = L <= kSmScratch;
   int64_t total = 0;
   for (int64_t i0 = 0; i0 < L; i0 += int64_t(1) << 20) {  // int32 lane sums stay < 2^17 2^15
@@ -432,7 +468,7 @@ void softmax_row_avx2(INTBERT_SOFTMAX_ROW_ARGS) {
     W sum = _mm256_setzero_si256();
     for (int64_t i = i0; i < i1; i += 8) {
       const W e = _mm256_and_si256(kept8(keep ? keep + i : nullptr, i1 - i), exp8(x, scores + i, i1 - i));
-      if (keep_e) memcpy(buf + i, &e, size_t(i1 - i >= 8 ? 8 : i1 - i) * 4);
+      if (keep_e) _mm256_storeu_si256(reinterpret_cast<__m256i*>(buf + i), e);  // buf has room for a full last block
       sum = _mm256_add_epi32(sum, e);
     }
     total += hsum(add(_mm256_cvtepu32_epi64(_mm256_castsi256_si128(sum)),
@@ -457,7 +493,10 @@ void softmax_row_avx2(INTBERT_SOFTMAX_ROW_ARGS) {
     const W p = _mm256_or_si256(pe, _mm256_slli_epi64(po, 32));  // 8 int32 in [0, 255]
     const W bytes = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(p, pick), _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1));
     const int64_t out8 = _mm_cvtsi128_si64(_mm256_castsi256_si128(bytes));
-    memcpy(probs + i, &out8, size_t(left >= 8 ? 8 : left));
+    if (left >= 8)
+      memcpy(probs + i, &out8, 8);
+    else
+      memcpy(probs + i, &out8, size_t(left));
   }
 }
 

@@ -19,8 +19,10 @@ namespace intbert {
 // Types and helpers have internal linkage (anonymous namespace / static): chains_avx2.cpp reuses the names.
 namespace {
 
-typedef __m512i V;   // 8 x int64
-typedef __mmask8 M;  // one bit per int64 lane
+typedef __m512i V;     // 8 x int64
+typedef __mmask8 M;    // one bit per int64 lane
+typedef __m512i W;     // 16 x int32
+typedef __mmask16 M16;  // one bit per int32 lane
 
 // ---------------------------------------------------------------------------------------------
 // Lanes
@@ -29,12 +31,29 @@ typedef __mmask8 M;  // one bit per int64 lane
 static inline V set1(int64_t x) { return _mm512_set1_epi64(x); }
 static inline V zero() { return _mm512_setzero_si512(); }
 static inline M tail8(int64_t left) { return left >= 8 ? M(0xFF) : M((1u << left) - 1); }
+static inline M16 tail16(int64_t left) { return left >= 16 ? M16(0xFFFF) : M16((1u << left) - 1); }
+// The sum of 16 int32 lanes, widened to int64 first.
+static inline int64_t hsum32(W v) {
+  return _mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(v)),
+                                                  _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1))));
+}
 static inline V load_i64(const int64_t* p, M k) { return _mm512_maskz_loadu_epi64(k, p); }
 static inline V load_i32(const int32_t* p, M k) { return _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(k, p)); }
 static inline V load_i8(const int8_t* p, M k) { return _mm512_cvtepi8_epi64(_mm_maskz_loadu_epi8(k, p)); }
 // Stores keep the low bytes of each lane (vpmovq*): the value must already be clamped to the width.
-static inline void store_i8(int8_t* p, M k, V v) { _mm512_mask_cvtepi64_storeu_epi8(p, k, v); }
-static inline void store_i32(int32_t* p, M k, V v) { _mm512_mask_cvtepi64_storeu_epi32(p, k, v); }
+// Full blocks narrow in a register and store plainly (the masked memory form of vpmovqb is slow).
+static inline void store_i8(int8_t* p, M k, V v) {
+  if (k == M(0xFF))
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm512_cvtepi64_epi8(v));
+  else
+    _mm512_mask_cvtepi64_storeu_epi8(p, k, v);
+}
+static inline void store_i32(int32_t* p, M k, V v) {
+  if (k == M(0xFF))
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi64_epi32(v));
+  else
+    _mm512_mask_cvtepi64_storeu_epi32(p, k, v);
+}
 static inline V clamp(V v, V lo, V hi) { return _mm512_min_epi64(_mm512_max_epi64(v, lo), hi); }
 static inline V neg_where(M neg, V v) { return _mm512_mask_sub_epi64(v, neg, zero(), v); }
 
@@ -148,49 +167,60 @@ static int64_t isqrt(int64_t n) {
   return x;
 }
 
-// Per-row constants of the normalisation: the rounded mean, std = max(isqrt(var) << shift, 1) and
-// R = floor((2^62 - 1) / std) = rh 2^31 + rl (rh, rl < 2^31: both fit vpmuldq, also for std = 1).
+// Per-row constants of the normalisation: the rounded mean, std = max(isqrt(var) << shift, 1), and
+// for the division (floor_div below) c30 = fl(2^30 / std) and ds = std 2^-30 (exact) as doubles.
 struct LnRow {
-  int64_t mean, std_, rh, rl;
+  int64_t mean, std_;
+  double c30, ds;
 };
 
 static LnRow ln_row(const int32_t* h, int64_t n, int64_t shift) {
-  V s = zero();
-  for (int64_t c = 0; c < n; c += 8) s = _mm512_add_epi64(s, load_i32(h + c, tail8(n - c)));
+  // 16 int32 lanes: each lane sums at most n / 16 <= 1024 values |h| <= 2^21 (n <= kLnScratch), < 2^31
+  W s = _mm512_setzero_si512();
+  for (int64_t c = 0; c < n; c += 16) s = _mm512_add_epi32(s, _mm512_maskz_loadu_epi32(tail16(n - c), h + c));
   LnRow row;
-  row.mean = floor_div(2 * _mm512_reduce_add_epi64(s) + n, 2 * n);  // |sum| < 2^21 n
-  const V mean = set1(row.mean);
+  row.mean = floor_div(2 * hsum32(s) + n, 2 * n);  // |sum| <= 2^21 n
+  const W mean = _mm512_set1_epi32(int32_t(row.mean));
   const __m128i cnt = _mm_cvtsi64_si128(shift);
   V var = zero();  // sum of (y >> shift)^2 < n 2^46 < 2^62 (|y| < 2^23, n < 2^16)
-  for (int64_t c = 0; c < n; c += 8) {
-    const M k = tail8(n - c);
-    const V ys = _mm512_sra_epi64(_mm512_maskz_sub_epi64(k, load_i32(h + c, k), mean), cnt);
+  for (int64_t c = 0; c < n; c += 16) {
+    const M16 k = tail16(n - c);
+    // y = h - mean fits int32 (|y| < 2^23); squares by vpmuldq on the even and the odd int32 lanes
+    const W ys = _mm512_sra_epi32(_mm512_maskz_sub_epi32(k, _mm512_maskz_loadu_epi32(k, h + c), mean), cnt);
     var = _mm512_add_epi64(var, _mm512_mul_epi32(ys, ys));
+    const V odd = _mm512_srli_epi64(ys, 32);
+    var = _mm512_add_epi64(var, _mm512_mul_epi32(odd, odd));
   }
   const int64_t v = _mm512_reduce_add_epi64(var);
   row.std_ = isqrt(v) << shift;
-  if (row.std_ < 1) row.std_ = 1;
-  const int64_t R = ((int64_t(1) << 62) - 1) / row.std_;
-  row.rh = R >> 31;
-  row.rl = R & ((int64_t(1) << 31) - 1);
+  if (row.std_ < 1) row.std_ = 1;  // std < 2^32 (intops.int_layernorm)
+  row.c30 = 1073741824.0 / double(row.std_);
+  row.ds = double(row.std_) * 0x1p-30;
   return row;
 }
 
-// floor(y 2^30 / d) for |y| < 2^23, 1 <= d < 2^32 (intops.floor_div_by_reciprocal, one step each way).
-// With R = floor((2^62 - 1) / d) = 2^62 / d - eps, 0 < eps < 2, the nested floors give exactly
-// q0 = floor(y R / 2^32) = floor(X - y eps / 2^32) for X = y 2^30 / d, and |y eps / 2^32| < 2^-8, so q0
-// is floor(X) - 1, floor(X) or floor(X) + 1. r = y 2^30 - q0 d (|r| < 2d < 2^33; the product by
-// vpmullq is exact: |q0 d| < 2^54) then picks floor(X): r < 0 steps down, r >= d steps up.
-static inline V floor_div_recip(V y, const LnRow& row) {
-  const V d = set1(row.std_);
-  const V a = _mm512_add_epi64(_mm512_mul_epi32(y, set1(row.rh)),
-                               _mm512_srai_epi64(_mm512_mul_epi32(y, set1(row.rl)), 31));  // |.| < 2^54
-  V q = _mm512_srai_epi64(a, 1);
-  V r = _mm512_sub_epi64(_mm512_slli_epi64(y, 30), _mm512_mullo_epi64(q, d));
-  const M low = _mm512_movepi64_mask(r);
-  q = _mm512_mask_sub_epi64(q, low, q, set1(1));
-  r = _mm512_mask_add_epi64(r, low, r, d);
-  return _mm512_mask_add_epi64(q, _mm512_cmpge_epi64_mask(r, d), q, set1(1));
+// floor(X), X = y 2^30 / d, for |y| < 2^23 and 1 <= d < 2^32 (intops.floor_div_by_reciprocal: the same
+// number by another exact route, in double precision, whose units this core has more of):
+//  * y and d are exact doubles, and c30 = fl(2^30 / d), p = fl(y c30) = X (1 + e1)(1 + e2), |e| <= 2^-53,
+//    so |p - X| <= |X| (2^-52 + 2^-106). For d >= 2, |X| <= (2^23 - 1) 2^29 = 2^52 - 2^29 gives
+//    |p - X| <= 1 - 2^-23 + 2^-54 < 1; for d = 1, c30 = 2^30 and p = X exactly. So q0 = floor(p) is
+//    floor(X) - 1, floor(X) or floor(X) + 1, and |q0| < 2^53 is an exact double.
+//  * r = fma(-q0, ds, y) with ds = d 2^-30 (exact) is (y 2^30 - q0 d) 2^-30 rounded once; that value is
+//    an integer multiple of 2^-30 in [-d, 2d) 2^-30, |.| < 8 (34 significant bits at most), so the fma
+//    is exact, and r < 0 / r >= ds are exactly y 2^30 - q0 d < 0 / >= d: one step down or up gives floor(X).
+//    (For |y| < 2^22, as in every row the chains build, |p - X| < 1/d: p never crosses an integer that X
+//    does not reach, so only the step up, for an integer X with p just below it, ever applies.)
+//  * the result converts to int64 exactly.
+static inline V floor_div_recip(__m256i y32, const LnRow& row) {
+  const __m512d y = _mm512_cvtepi32_pd(y32);
+  const __m512d ds = _mm512_set1_pd(row.ds), one = _mm512_set1_pd(1.0);
+  __m512d q = _mm512_roundscale_pd(_mm512_mul_pd(y, _mm512_set1_pd(row.c30)), _MM_FROUND_TO_NEG_INF);
+  __m512d r = _mm512_fnmadd_pd(q, ds, y);  // y - q ds
+  const __mmask8 low = _mm512_cmp_pd_mask(r, _mm512_setzero_pd(), _CMP_LT_OQ);
+  q = _mm512_mask_sub_pd(q, low, q, one);
+  r = _mm512_mask_add_pd(r, low, r, ds);
+  q = _mm512_mask_add_pd(q, _mm512_cmp_pd_mask(r, ds, _CMP_GE_OQ), q, one);
+  return _mm512_cvtpd_epi64(q);
 }
 
 // out[g] = requant(int_layernorm(h[g])) for G rows of h (row stride n).
@@ -204,7 +234,8 @@ static void ln_requant_rows(const int32_t* h, int64_t G, int64_t n, const LayerN
     const V bias = load_i64(ln.bias + c, k);
     const Rq r = rq_load(rq, c, k);
     for (int64_t g = 0; g < G; ++g) {
-      const V y = _mm512_sub_epi64(load_i32(h + g * n + c, k), set1(rows[g].mean));
+      const __m256i y = _mm256_sub_epi32(_mm256_maskz_loadu_epi32(k, h + g * n + c),
+                                         _mm256_set1_epi32(int32_t(rows[g].mean)));  // |y| < 2^23
       const V v = neg_where(neg, _mm512_add_epi64(floor_div_recip(y, rows[g]), bias));  // |.| < 2^54
       const V x = clamp(v, set1(INT32_MIN), set1(INT32_MAX));
       store_i8(out + g * ld_out + c, k, clamp(rescale(r, x), r.lo, r.hi));
@@ -316,11 +347,6 @@ void embed_avx512(INTBERT_EMBED_ARGS) {
 // ---------------------------------------------------------------------------------------------
 
 namespace {
-
-typedef __m512i W;     // 16 x int32
-typedef __mmask16 M16;
-
-static inline M16 tail16(int64_t left) { return left >= 16 ? M16(0xFFFF) : M16((1u << left) - 1); }
 
 // Lanes to attend: inside the row and keep != 0.
 static inline M16 kept16(const uint8_t* keep, M16 k) {
