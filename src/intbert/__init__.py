@@ -1,7 +1,8 @@
 """intbert: BERT-family encoders in real integer arithmetic.
 
 Two families: I-BERT (integer-only RoBERTa, ``IBert*``) and QDQBERT (BERT with Quantize/Dequantize
-nodes, ``QDQBert*``), one calibration verb for both (``calibrate``), and the quantization toolkit
+nodes, ``QDQBert*``), one smoothing verb (``smooth``: outliers migrated into the weights before calibration)
+and one calibration verb for both (``calibrate``), and the quantization toolkit
 in ``intbert.quantization``. ``freeze`` turns a calibrated I-BERT into the integer-only engine
 (``FrozenIBert``).
 """
@@ -23,6 +24,7 @@ from .models.ibert import (
 )
 from .models.ibert.convert import bert_to_ibert
 from .models.loading import LoadReport, load_float_checkpoint
+from .models.smoothing import SmoothingReport, smooth, smoothing_record
 from .models.qdqbert import (
     QDQBertConfig,
     QDQBertForMaskedLM,
@@ -61,6 +63,7 @@ __all__ = [
     "QDQBertLMHeadModel",
     "QDQBertModel",
     "QDQBertPreTrainedModel",
+    "SmoothingReport",
     "UncalibratedError",
     "FrozenIBert",
     "bert_to_ibert",
@@ -69,5 +72,7 @@ __all__ = [
     "fingerprint",
     "freeze",
     "load_float_checkpoint",
+    "smooth",
+    "smoothing_record",
     "verify_onnx",
 ]

@@ -23,6 +23,8 @@ class IBertConfig(PreTrainedConfig):
     force_dequant: "none" | "gelu" | "softmax" | "layernorm" | "nonlinear" (all three): run those
         non-linear functions in float while the rest stays integer.
     weight_bit: bits of the encoder's linear weights, 2..8 (default 8, as the reference).
+    smoothing: None, or the record ``intbert.smooth`` wrote (the alpha chosen per site); a smoothed model has
+        per-channel ``smooth_scale`` buffers, so its checkpoint loads them.
     """
 
     model_type = "ibert"
@@ -49,6 +51,8 @@ class IBertConfig(PreTrainedConfig):
     #: Bits of the encoder's linear weights (the reference hard-codes 8). 7-bit weights let AVX2 CPUs
     #: without VNNI use their fast u8 x s8 integer GEMM exactly (no int16 saturation), see docs/engine.md.
     weight_bit: int = 8
+    #: intbert.smooth's record (None: not smoothed). Its presence adds the ``smooth_scale`` buffers.
+    smoothing: dict | None = None
 
     def __post_init__(self, **kwargs):
         # Checked here rather than in a @strict ``validate_*`` hook, which wraps the ValueError in a

@@ -41,6 +41,7 @@ from .quant_modules import (
     QuantEmbedding,
     QuantLinear,
     attach_ints,
+    int_bits_of,
     ints_of,
     straight_through,
 )
@@ -211,8 +212,31 @@ def int_matmul_value(a, b, s_a, s_b, s_out, a_bound=128, b_bound=128):
     return attach_ints(straight_through(value, reference), q), q
 
 
+def _smooth_scale(config: IBertConfig, channels: int) -> torch.Tensor | None:
+    """The per-channel factor buffer of a smoothed model (ones until ``intbert.smooth`` or a checkpoint fills it);
+    ``None`` otherwise, so an unsmoothed model keeps the port's state-dict keys."""
+    return None if config.smoothing is None else torch.ones(channels)
+
+
+def _unsmooth(x, scale, smooth_scale):
+    """The skip input of a smoothed model back on its true values: value x * s_c on the same integers, scale S * s_c.
+
+    The integers are untouched (the residual add's per-channel dyadic requantization absorbs s), so the integer
+    engine gets per-channel multipliers and no new operation.
+    """
+    if smooth_scale is None:
+        return x, scale
+    if scale is None:  # float mode
+        return x * smooth_scale, None
+    return attach_ints(x * smooth_scale, ints_of(x, scale), int_bits_of(x)), scale * smooth_scale
+
+
 class _DenseResidualLayerNorm(nn.Module):
-    """dense (in_features -> H) -> + residual (22-bit) -> integer LayerNorm -> 8-bit; IBertSelfOutput and IBertOutput."""
+    """dense (in_features -> H) -> + residual (22-bit) -> integer LayerNorm -> 8-bit; IBertSelfOutput and IBertOutput.
+
+    ``smooth_scale`` (smoothed models only, see ``intbert.smooth``): the residual input arrives divided per channel
+    by it (folded into the LayerNorm that made it, so its 8-bit grid is finer); the add reads it at scale S * s.
+    """
 
     def __init__(self, config: IBertConfig, in_features: int):
         super().__init__()
@@ -225,11 +249,13 @@ class _DenseResidualLayerNorm(nn.Module):
                                       quant_mode=self.quant_mode, force_dequant=config.force_dequant)
         self.output_activation = QuantAct(self.act_bit, quant_mode=self.quant_mode)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.register_buffer("smooth_scale", _smooth_scale(config, config.hidden_size))
 
     def forward(self, hidden_states, hidden_states_scaling_factor, input_tensor, input_tensor_scaling_factor):
         h, s = self.dense(hidden_states, hidden_states_scaling_factor)  # int32 @ S_x*S_w[c]
         h = _dropout(self.dropout, h)
-        h, s = self.ln_input_act(h, s, identity=input_tensor, identity_scaling_factor=input_tensor_scaling_factor)
+        identity, s_id = _unsmooth(input_tensor, input_tensor_scaling_factor, self.smooth_scale)  # int8 @ S_in[*s_c]
+        h, s = self.ln_input_act(h, s, identity=identity, identity_scaling_factor=s_id)
         h, s = self.LayerNorm(h, s)  # int32 @ S_ln[c]
         return self.output_activation(h, s)  # int8
 
@@ -255,7 +281,12 @@ class IBertAttention(nn.Module):
 
 
 class IBertIntermediate(nn.Module):
-    """dense (H -> I) -> i-GELU -> 8-bit."""
+    """dense (H -> I) -> i-GELU -> 8-bit.
+
+    ``smooth_scale`` (smoothed models only): the i-GELU output is divided by it per channel before its 8-bit
+    quantization (the next GEMM's weight columns carry the factor). On integers this is only another per-channel
+    scale, S_gelu[c] / s_c, which the 8-bit requantization's per-channel dyadic multiplier absorbs.
+    """
 
     def __init__(self, config: IBertConfig):
         super().__init__()
@@ -264,10 +295,13 @@ class IBertIntermediate(nn.Module):
         self.dense = _quant_linear(config, config.hidden_size, config.intermediate_size)
         self.intermediate_act_fn = IntGELU(quant_mode=self.quant_mode, force_dequant=config.force_dequant)
         self.output_activation = QuantAct(self.act_bit, quant_mode=self.quant_mode)
+        self.register_buffer("smooth_scale", _smooth_scale(config, config.intermediate_size))
 
     def forward(self, hidden_states, hidden_states_scaling_factor):
         h, s = self.dense(hidden_states, hidden_states_scaling_factor)  # (B, L, I) int32
         h, s = self.intermediate_act_fn(h, s)  # int64 (up to ~2^44) @ S_gelu[c]
+        if self.smooth_scale is not None:
+            h, s = _unsmooth(h, s, 1.0 / self.smooth_scale)  # same integers @ S_gelu[c] / s_c
         return self.output_activation(h, s)  # int8
 
 
@@ -423,6 +457,8 @@ class IBertPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
         elif isinstance(module, IBertEmbeddings):
             init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+        if getattr(module, "smooth_scale", None) is not None:
+            module.smooth_scale.fill_(1.0)
 
     def resize_token_embeddings(self, *args, **kwargs):
         raise NotImplementedError("I-BERT's QuantEmbedding does not support resizing the vocabulary")

@@ -40,6 +40,8 @@ class QDQBertConfig(PreTrainedConfig):
             ``QuantLinear`` inputs and the ``matmul_*``/``add_*`` quantizers). A ``QuantDescriptor`` is accepted and
             stored as its dict. ``None``: use ``QuantLinear``'s class default when the model is built.
         quant_desc_weight: the same for the ``QuantLinear`` weight quantizers (the default is per output row, axis 0).
+        smoothing: ``None``, or the record ``intbert.smooth`` wrote (the alpha chosen per site): the model then has
+            its per-channel ``smooth_scale`` buffers, so a smoothed checkpoint loads them.
     """
 
     model_type = "qdqbert"
@@ -68,6 +70,7 @@ class QDQBertConfig(PreTrainedConfig):
     pruned_heads: dict | None = None
     quant_desc_input: dict | Any | None = None
     quant_desc_weight: dict | Any | None = None
+    smoothing: dict | None = None
 
     def __post_init__(self, **kwargs):
         # A BERT config.json says model_type "bert"; kept as an instance attribute it would be saved again and make
@@ -78,6 +81,9 @@ class QDQBertConfig(PreTrainedConfig):
         self.pruned_heads = {int(layer): list(heads) for layer, heads in (self.pruned_heads or {}).items()}
         self.quant_desc_input = _descriptor_dict("quant_desc_input", self.quant_desc_input)
         self.quant_desc_weight = _descriptor_dict("quant_desc_weight", self.quant_desc_weight)
+        if self.smoothing is not None and not isinstance(self.smoothing, dict):
+            raise ValueError(f"QDQBertConfig.smoothing must be None or a dict (intbert.smooth's record), "
+                             f"got {type(self.smoothing).__name__}")
         super().__post_init__(**kwargs)
 
     def _check_fields(self) -> None:

@@ -78,6 +78,12 @@ def activation_quantizer(config: QDQBertConfig) -> TensorQuantizer:
     return TensorQuantizer(quant_descriptors(config)[0])
 
 
+def _smooth_scale(config: QDQBertConfig, channels: int) -> torch.Tensor | None:
+    """The per-channel factor buffer of a smoothed model (ones until ``intbert.smooth`` or a checkpoint fills it);
+    ``None`` otherwise, so an unsmoothed model has exactly BERT's state-dict keys."""
+    return None if config.smoothing is None else torch.ones(channels)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Embeddings (float)
 
@@ -234,7 +240,13 @@ class QDQBertSelfAttention(nn.Module):
 
 
 class QDQBertSelfOutput(nn.Module):
-    """dense -> dropout -> Q(local) + Q(residual) -> LayerNorm. Dropout precedes the add quantizer: calibrate in eval."""
+    """dense -> dropout -> Q(local) + Q(residual) [-> * smooth_scale] -> LayerNorm. Dropout precedes the add quantizer:
+    calibrate in eval.
+
+    ``smooth_scale`` (only in a smoothed model, ``config.smoothing``; see ``intbert.smooth``): both addends arrive
+    divided per channel by it (it is folded into the LayerNorm that made the skip input and into this block's
+    ``dense`` rows), so both add quantizers see the smoothed values; the sum is multiplied back before LayerNorm.
+    """
 
     def __init__(self, config: QDQBertConfig, in_features: int | None = None):
         super().__init__()
@@ -243,10 +255,14 @@ class QDQBertSelfOutput(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.add_local_input_quantizer = activation_quantizer(config)
         self.add_residual_input_quantizer = activation_quantizer(config)
+        self.register_buffer("smooth_scale", _smooth_scale(config, config.hidden_size))
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
         local = self.dropout(self.dense(hidden_states))
-        return self.LayerNorm(self.add_local_input_quantizer(local) + self.add_residual_input_quantizer(input_tensor))
+        total = self.add_local_input_quantizer(local) + self.add_residual_input_quantizer(input_tensor)
+        if self.smooth_scale is not None:
+            total = total * self.smooth_scale  # (B, S, H) * (H,): the residual stream's true values again
+        return self.LayerNorm(total)
 
 
 def prune_quant_linear(layer: QuantLinear, index: torch.Tensor, dim: int) -> QuantLinear:
@@ -317,15 +333,23 @@ class QDQBertAttention(nn.Module):
 
 
 class QDQBertIntermediate(nn.Module):
-    """QuantLinear(h -> intermediate) then the activation, in float (its output is what ``clip_gelu`` clamps)."""
+    """QuantLinear(h -> intermediate) then the activation, in float (its output is what ``clip_gelu`` clamps).
+
+    ``smooth_scale`` (smoothed models only): the activation's output is divided by it per channel before the next
+    GEMM's input quantizer, whose weight columns carry the factor (a GELU cannot absorb it, so it is an explicit op).
+    """
 
     def __init__(self, config: QDQBertConfig):
         super().__init__()
         self.dense = quant_linear(config, config.hidden_size, config.intermediate_size)
         self.intermediate_act_fn = ACT2FN[config.hidden_act]
+        self.register_buffer("smooth_scale", _smooth_scale(config, config.intermediate_size))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.intermediate_act_fn(self.dense(hidden_states))
+        hidden_states = self.intermediate_act_fn(self.dense(hidden_states))
+        if self.smooth_scale is not None:
+            hidden_states = hidden_states / self.smooth_scale  # (B, S, I) / (I,)
+        return hidden_states
 
 
 class QDQBertOutput(QDQBertSelfOutput):
@@ -461,6 +485,8 @@ class QDQBertPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)  # Linear / Embedding (padding row zero) / LayerNorm, as BERT
+        if getattr(module, "smooth_scale", None) is not None:
+            init.ones_(module.smooth_scale)
         if isinstance(module, QDQBertLMPredictionHead):
             init.zeros_(module.bias)
         elif isinstance(module, QDQBertEmbeddings):
