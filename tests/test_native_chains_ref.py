@@ -324,11 +324,21 @@ def test_embed(lib, n):
             assert want[0].abs().max() <= 120
 
 
-@pytest.mark.parametrize("scale", [2.0**-20, 1e-3, 0.05, 1.0])
+# Hand-made constants: L = (r + 20) r + 1 is negative for r < 0 (e clamps to 0) and e = 1 at the row max,
+# so a row with one maximum sums to 1 (factor 2^32, p = 256 clamped to 255).
+HAND_MADE = {"pre_shift": 0, "x0": -8, "zm": 2**30, "b": 20, "c": 1, "m": 2**30, "e": 30}
+
+
+@pytest.mark.parametrize("scale", [2.0**-20, 1e-3, 0.05, 1.0, 0.6931 / 60.5, "hand-made"])
 def test_softmax_row(lib, scale):
-    g = _gen(int(-math.log2(scale) * 10) + 1)
+    if scale == "hand-made":
+        g = _gen(0)
+        sm = SoftmaxConstants(8, **{k: torch.tensor(v) for k, v in HAND_MADE.items()})
+        scale = 0.1
+    else:
+        g = _gen(int(-math.log2(scale) * 10) + 1)
+        sm = SoftmaxConstants(8, **intops.softmax_constants(torch.tensor([scale])))
     be = ReferenceBackend()
-    sm = SoftmaxConstants(8, **intops.softmax_constants(torch.tensor([scale])))
     consts = torch.stack([getattr(sm, k) for k in SoftmaxConstants.BUFFERS]).contiguous()
     for L in (1, 2, 15, 16, 17, 128, 129, 512):
         cases = []
@@ -340,6 +350,10 @@ def test_softmax_row(lib, scale):
         ext = torch.tensor([2**31 - 1, -(2**31)] * L, dtype=torch.int32)[:L]
         cases.append((ext, None))
         cases.append((ext, torch.arange(L) % 3 != 0))
+        # the max minus exact multiples of -x0 (before the pre-shift): z = j exactly
+        p, x0 = int(sm.pre_shift), int(sm.x0)
+        grid = [(100 + (i % 31) * x0) * 2**p + int(torch.randint(2**p, (1,), generator=g)) for i in range(L)]
+        cases.append((torch.tensor(grid, dtype=torch.int32), None))
         for scores, keep in cases:
             out = torch.zeros(L, dtype=torch.uint8)
             keep_u8 = None if keep is None else keep.to(torch.uint8).contiguous()
