@@ -202,6 +202,9 @@ def test_frozen_model_on_native_equals_reference_on_real_tokens(shape):
                                       output_hidden_states=True)
         assert torch.equal(want[0][keep], got[0][keep]) and int(got[0][~keep].abs().sum()) == 0
         assert all(torch.equal(a[keep], b[keep]) for a, b in zip(want[1], got[1]))
+    with fast.encoder.padded():  # every position computed, as the simulation and the ONNX graph do
+        assert torch.equal(ref.encoder.encode(x["input_ids"], x["attention_mask"])[0],
+                           fast.encoder.encode(x["input_ids"], x["attention_mask"])[0])
     # output_attentions takes the padded path (probabilities for every position), equal everywhere
     want = ref(**x, output_attentions=True)
     got = fast(**x, output_attentions=True)

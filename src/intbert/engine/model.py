@@ -15,6 +15,8 @@ modules of the source model run on top of it.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
@@ -141,6 +143,8 @@ class IntegerIBertModel(nn.Module):
         self.pooler = pooler
         self.backend_name = backend
         self._backends: dict = {}
+        #: False: compute padded positions too, on every backend (what the ONNX graph computes; see padded()).
+        self.pack_tokens = True
 
     @classmethod
     def from_state(cls, config: IBertConfig, tensors: dict, prefix: str = "", backend: str | None = None):
@@ -165,6 +169,16 @@ class IntegerIBertModel(nn.Module):
             self._backends[key] = resolve_backend(self.backend_name, self.device)
         return self._backends[key]
 
+    @contextlib.contextmanager
+    def padded(self):
+        """Inside the block every position is computed, padded ones too, as the simulation and the ONNX
+        graph do (a backend that packs tokens otherwise leaves them 0): for comparing per-token outputs."""
+        before, self.pack_tokens = self.pack_tokens, False
+        try:
+            yield self
+        finally:
+            self.pack_tokens = before
+
     def set_backend(self, name: str | None) -> None:
         resolve_backend(name, self.device)  # fail now, with the reason, rather than at the next forward
         self.backend_name = name
@@ -184,7 +198,7 @@ class IntegerIBertModel(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         # Packed: only the real tokens are computed (tokens.py says why the integers do not change).
-        pack = be.packs_tokens and not output_attentions
+        pack = be.packs_tokens and self.pack_tokens and not output_attentions
         tokens = (TokenLayout.packed if pack else TokenLayout.padded)(input_ids, attention_mask)
         h = self.embeddings(be, *(tokens.pack(t) for t in (input_ids, token_type_ids, position_ids)))
         states = [tokens.unpack(h)] if output_hidden_states else None

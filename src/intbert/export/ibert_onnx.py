@@ -442,10 +442,12 @@ def _example_inputs(frozen: FrozenIBert) -> dict[str, torch.Tensor]:
 
 
 def engine_int8(frozen: FrozenIBert, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The engine's int8 last hidden states for graph inputs (flattened and restored for multiple choice)."""
+    """The engine's int8 last hidden states for graph inputs (flattened and restored for multiple choice), padded
+    positions included (the graph computes them)."""
     ids = inputs["input_ids"]
     flat = {k: v.reshape(-1, v.shape[-1]).to(frozen.device) for k, v in inputs.items()}
-    q, _, _ = frozen.encoder.encode(flat["input_ids"], flat.get("attention_mask"), flat.get("token_type_ids"))
+    with frozen.encoder.padded():
+        q, _, _ = frozen.encoder.encode(flat["input_ids"], flat.get("attention_mask"), flat.get("token_type_ids"))
     return q.cpu().reshape(*ids.shape, q.shape[-1])
 
 
@@ -561,7 +563,8 @@ def verify_ibert_onnx(model: nn.Module, session, graph, metadata: dict[str, str]
                 inputs = _as_inputs(batch, input_names, frozen.config)
                 q = engine_int8(frozen, inputs)
                 reference = {INT8_OUTPUT: q, "last_hidden_state": q.to(torch.float32) * scale}
-                out = model(**{k: v.to(frozen.device) for k, v in inputs.items()}, return_dict=True)
+                with frozen.encoder.padded():  # per-token outputs at padded positions too, as the graph's
+                    out = model(**{k: v.to(frozen.device) for k, v in inputs.items()}, return_dict=True)
                 got = session.run(output_names, {k: v.cpu().numpy().astype(np.int64) for k, v in inputs.items()})
                 for name, value in zip(output_names, got):
                     want = (reference[name] if name in reference else getattr(out, name)).detach().cpu().numpy()
