@@ -499,9 +499,24 @@ def test_bad_inputs_raise_clear_errors(kwargs, match):
         model(**kwargs)
 
 
+@pytest.mark.parametrize("cls, is_decoder, fix", [(QDQBertLMHeadModel, False, "is_decoder=True"),
+                                                   (QDQBertForMaskedLM, True, "is_decoder=False")])
+def test_a_head_built_against_its_attention_direction_warns_and_runs_as_transformers_did(cls, is_decoder, fix):
+    """Was: ValueError. transformers' QDQBERT warned and built the model; it runs with the config's attention."""
+    with pytest.warns(UserWarning, match=fix):
+        model = cls(tiny_config(is_decoder=is_decoder)).eval()
+    for module in model.modules():  # float: dynamic amax would let the last token move the first one's scale
+        if isinstance(module, TensorQuantizer):
+            module.disable()
+    ids = torch.randint(1, 50, (1, 5), generator=torch.Generator().manual_seed(0))
+    changed = ids.clone()
+    changed[0, -1] = (ids[0, -1] + 1) % 50
+    with torch.no_grad():
+        first = model(input_ids=ids).logits[0, 0], model(input_ids=changed).logits[0, 0]
+    assert torch.equal(*first) == is_decoder  # the first token sees the last one only when bidirectional
+
+
 def test_head_construction_errors_name_the_config_fix():
-    with pytest.raises(ValueError, match="is_decoder=True"):
-        QDQBertLMHeadModel(tiny_config())
     with pytest.raises(ValueError, match="add_cross_attention=True"):
         QDQBertModel(tiny_config(is_decoder=True))(
             input_ids=torch.zeros(1, 3, dtype=torch.long), encoder_hidden_states=torch.zeros(1, 2, 32)
@@ -510,3 +525,26 @@ def test_head_construction_errors_name_the_config_fix():
         QDQBertForQuestionAnswering(tiny_config(num_labels=3))
     with pytest.raises(ValueError, match="num_choices"):
         QDQBertForMultipleChoice(tiny_config())(input_ids=torch.zeros(2, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False], ids=["reentrant", "non-reentrant"])
+def test_gradient_checkpointing_trains_like_plain_backprop(use_reentrant):
+    """Was: with use_reentrant=True every encoder gradient was None (the layer returned its tensors in a dataclass)."""
+    config = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # the same forward twice
+    ids = torch.randint(1, VOCAB, (2, 6), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = QDQBertForSequenceClassification(tiny_config(**config))
+        calibrate_qdq(model, [{"input_ids": ids}], progress=False)
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+        model(input_ids=ids, labels=torch.tensor([0, 2])).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    plain, checkpointed = grads
+    missing = [n for n, g in checkpointed.items() if g is None and plain[n] is not None]
+    assert not missing, missing[:3]
+    for name, g in plain.items():
+        if g is not None:
+            torch.testing.assert_close(checkpointed[name], g, rtol=1e-5, atol=1e-7, msg=name)

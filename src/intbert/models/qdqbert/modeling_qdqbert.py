@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+import re
+import warnings
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -363,8 +365,12 @@ class QDQBertOutput(QDQBertSelfOutput):
 # Layer and encoder
 
 
-@dataclass
-class LayerOutput:
+class LayerOutput(NamedTuple):
+    """One layer's outputs. A tuple, not a dataclass: reentrant gradient checkpointing (``use_reentrant=True``) is an
+    autograd Function, which connects only tensors returned directly or in a tuple; tensors inside a dataclass came
+    back detached, and the encoder's gradients were silently None. The checkpoint turns the tuple into a plain one,
+    so callers unpack it by position."""
+
     hidden_states: torch.Tensor
     self_attention: torch.Tensor
     cross_attention: torch.Tensor | None
@@ -431,7 +437,7 @@ class QDQBertEncoder(nn.Module):
         all_attentions = () if output_attentions else None
         all_cross = () if output_attentions and self.config.add_cross_attention else None
         for i, layer in enumerate(self.layer):
-            out = layer(
+            hidden_states, self_probs, cross_probs = layer(
                 hidden_states,
                 attention_mask,
                 head_mask[i] if head_mask is not None else None,
@@ -439,13 +445,12 @@ class QDQBertEncoder(nn.Module):
                 encoder_attention_mask,
                 past_key_values,
             )
-            hidden_states = out.hidden_states
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
-                all_attentions += (out.self_attention,)
+                all_attentions += (self_probs,)
                 if all_cross is not None:
-                    all_cross += (out.cross_attention,)
+                    all_cross += (cross_probs,)
         return BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=hidden_states,
             past_key_values=past_key_values,
@@ -513,6 +518,16 @@ class QDQBertPreTrainedModel(PreTrainedModel):
                 if isinstance(module, TensorQuantizer):
                     module._device = parameter.device
         return result
+
+    def post_init(self) -> None:
+        super().post_init()
+        # The placement the config records (config.disabled_quantizers): a checkpoint calibrated without some
+        # quantizers has no amax for them and must load with them off.
+        patterns = [re.compile(p) for p in self.config.disabled_quantizers or ()]
+        if patterns:
+            for name, module in self.named_modules():
+                if isinstance(module, TensorQuantizer) and any(p.search(name) for p in patterns):
+                    module.disable()
 
     def prune_heads(self, heads_to_prune: dict[int, list[int]]) -> None:
         """Prune heads per layer, ``{layer: [heads]}``, keeping every quantizer; recorded in ``config.pruned_heads``."""
@@ -767,8 +782,9 @@ class QDQBertLMHeadModel(QDQBertPreTrainedModel, GenerationMixin):
 
     def __init__(self, config: QDQBertConfig):
         super().__init__(config)
-        if not config.is_decoder:
-            raise ValueError("QDQBertLMHeadModel is a causal decoder: build it with config.is_decoder=True")
+        if not config.is_decoder:  # transformers' QDQBERT warned and built it (attending both ways): so do we
+            warnings.warn("QDQBertLMHeadModel is meant as a causal decoder: build it with config.is_decoder=True "
+                          "(without it, every token also attends to the tokens after it)", stacklevel=2)
         self.bert = QDQBertModel(config, add_pooling_layer=False)
         self.cls = QDQBertOnlyMLMHead(config)
         self.post_init()
@@ -838,8 +854,9 @@ class QDQBertForMaskedLM(QDQBertPreTrainedModel):
 
     def __init__(self, config: QDQBertConfig):
         super().__init__(config)
-        if config.is_decoder:
-            raise ValueError("QDQBertForMaskedLM attends both ways: build it with config.is_decoder=False")
+        if config.is_decoder:  # warned, not refused, as transformers' QDQBERT
+            warnings.warn("QDQBertForMaskedLM is meant to attend both ways: build it with config.is_decoder=False "
+                          "(with it, each token sees only the tokens before it)", stacklevel=2)
         self.bert = QDQBertModel(config, add_pooling_layer=False)
         self.cls = QDQBertOnlyMLMHead(config)
         self.post_init()
