@@ -95,7 +95,6 @@ def test_config_defaults_match_the_transformers_port():
     "overrides, field",
     [
         (dict(force_dequant="all"), "force_dequant"),
-        (dict(hidden_size=30, num_attention_heads=4), "num_attention_heads"),
         (dict(hidden_act="relu"), "hidden_act"),
         (dict(position_embedding_type="relative_key"), "position_embedding_type"),
     ],
@@ -103,6 +102,14 @@ def test_config_defaults_match_the_transformers_port():
 def test_config_refuses_bad_field_naming_it(overrides, field):
     with pytest.raises(ValueError, match=field):
         IBertConfig(**overrides)
+
+
+def test_heads_that_do_not_divide_the_hidden_size_are_refused_by_the_model_not_the_config():
+    """As transformers: IBertConfig(hidden_size=32) keeps the default 12 heads; building the model refuses."""
+    config = IBertConfig(hidden_size=32)
+    assert config.num_attention_heads == 12
+    with pytest.raises(ValueError, match=r"hidden size \(32\) is not a multiple of the number of attention heads \(12\)"):
+        IBertModel(config)
 
 
 def test_config_survives_save_and_load(tmp_path):

@@ -1,4 +1,4 @@
-"""Pieces both model families share (the heads' losses), written once."""
+"""Pieces both model families share (the heads' losses, the attention-size check), written once."""
 
 from __future__ import annotations
 
@@ -31,3 +31,16 @@ def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, con
             )
         return BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
     raise ValueError(f"unknown config.problem_type {config.problem_type!r}")
+
+
+def check_attention_heads(config: PretrainedConfig) -> None:
+    """hidden_size must split into num_attention_heads equal heads.
+
+    Checked when an attention layer is built, where transformers' BERT checks it, not in the config: a config may
+    hold any sizes (transformers accepts hidden 32 with the default 12 heads, and code that edits a config field by
+    field passes through such states).
+    """
+    hidden, heads = config.hidden_size, config.num_attention_heads
+    if heads <= 0 or hidden % heads:
+        raise ValueError(f"The hidden size ({hidden}) is not a multiple of the number of attention heads ({heads}): "
+                         "set num_attention_heads (or hidden_size) so that it divides")

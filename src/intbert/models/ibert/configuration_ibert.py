@@ -71,11 +71,6 @@ class IBertConfig(PreTrainedConfig):
             )
         if not 2 <= self.weight_bit <= 8:
             raise ValueError(f"weight_bit must lie in 2..8 (int8 weights), got {self.weight_bit}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) is not a multiple of num_attention_heads "
-                f"({self.num_attention_heads}); choose sizes where it divides"
-            )
 
 
 __all__ = ["IBertConfig"]

@@ -31,7 +31,7 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 
-from ..common import sequence_classification_loss
+from ..common import check_attention_heads, sequence_classification_loss
 from .configuration_ibert import IBertConfig
 from .quant_modules import (
     IntGELU,
@@ -148,6 +148,7 @@ class IBertSelfAttention(nn.Module):
 
     def __init__(self, config: IBertConfig):
         super().__init__()
+        check_attention_heads(config)
         self.quant_mode = config.quant_mode
         self.num_attention_heads = config.num_attention_heads
         self.attention_head_size = config.hidden_size // config.num_attention_heads

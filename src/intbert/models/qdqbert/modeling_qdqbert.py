@@ -51,7 +51,7 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 
-from intbert.models.common import sequence_classification_loss
+from intbert.models.common import check_attention_heads, sequence_classification_loss
 from intbert.models.qdqbert.checkpoint import register_checkpoint_amax
 from intbert.models.qdqbert.configuration_qdqbert import QDQBertConfig
 from intbert.quantization import QuantDescriptor, TensorQuantizer
@@ -142,6 +142,7 @@ class QDQBertSelfAttention(nn.Module):
 
     def __init__(self, config: QDQBertConfig, is_cross_attention: bool = False, layer_idx: int | None = None):
         super().__init__()
+        check_attention_heads(config)
         self.num_attention_heads = config.num_attention_heads
         self.attention_head_size = config.hidden_size // config.num_attention_heads
         self.all_head_size = self.num_attention_heads * self.attention_head_size
