@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 import statistics
 import time
 import traceback
@@ -201,12 +202,13 @@ def openvino_nncf_int8(model, calibration: list[dict], threads: int) -> Contende
                      f"nncf.quantize(model_type=TRANSFORMER) on {len(calibration)} batches; float parts in {precision}")
 
 
-def openvino_onnx(name: str, path: str, threads: int) -> Contender:
+def openvino_onnx(name: str, path: str, threads: int, note: str = "") -> Contender:
     need("openvino")
     import openvino as ov
 
     run, precision = _openvino_compile(ov.Core().read_model(path), threads)
-    return Contender(name, run, f"openvino.Core().read_model + compile_model(CPU); float parts in {precision}")
+    return Contender(name, run, f"{note + '; ' if note else ''}openvino.Core().read_model + compile_model(CPU); "
+                                f"float parts in {precision}")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -286,6 +288,30 @@ def intbert_qdq_graph(float_state: dict, config, calibration: list[dict], path: 
         warnings.simplefilter("ignore")
         export_onnx(qdq, path, target, dynamo=False)
     return qdq
+
+
+def qdq_rows(contenders: list, float_state: dict, config, calibration: list[dict], folder, threads: int) -> list[str]:
+    """intbert's QDQ graph as rows: the onnxruntime-target graph (uint8 activations at zero point 128) in onnxruntime
+    and in OpenVINO, and the tensorrt-target graph (signed int8, zero point 0) in OpenVINO, which then runs the
+    attention matmuls in int8 as well (docs/export.md, "Deploying the QDQ graph with OpenVINO"). Returns the names."""
+    names = []
+    for target, runtimes in (("onnxruntime", ("onnxruntime", "OpenVINO")), ("tensorrt", ("OpenVINO",))):
+        path = os.path.join(folder, f"qdq-{target}.onnx")
+        try:
+            intbert_qdq_graph(float_state, config, calibration, path, target)
+        except Skip as why:
+            print(f"skipped: intbert QDQ ONNX ({target} target): {why}")
+            continue
+        except Exception as error:  # a broken export costs its rows, not the whole run
+            print(f"skipped: intbert QDQ ONNX ({target} target): export failed: {type(error).__name__}: {error}")
+            continue
+        for runtime in runtimes:
+            name = f"intbert QDQ ONNX ({target} target) in {runtime}"
+            maker = ort_contender if runtime == "onnxruntime" else openvino_onnx
+            before = len(contenders)
+            build(contenders, name, lambda: maker(name, path, threads, "CPU recipe: no residual-add Q/DQ, max, GELU10"))
+            names += [c.name for c in contenders[before:]]
+    return names
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -51,8 +52,7 @@ from transformers import RobertaConfig, RobertaModel
 import _competitors
 import intbert
 from _competitors import (Contender, build, ctranslate2_int8, export_float_onnx, full_batch, interleaved,
-                          intbert_qdq_graph, openvino_nncf_int8, openvino_onnx, ort_contender, ort_dynamic_int8,
-                          torch_contender, versions)
+                          openvino_nncf_int8, ort_contender, ort_dynamic_int8, qdq_rows, torch_contender, versions)
 from _machine import cpu_name, int8_features, load  # benchmarks/*.py (scripts run from this folder)
 
 SHAPE = dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -89,6 +89,8 @@ def hf_quant_model(state: dict, calib: list):
         for b in calib:
             hf_quant(input_ids=b["input_ids"])
     return hf_quant.eval()
+
+START = time.perf_counter()
 
 
 def main() -> None:
@@ -159,18 +161,8 @@ def main() -> None:
                                         vocab_size=SHAPE["vocab_size"])
             build(contenders, "CTranslate2 int8", ct2)
 
-            for target, runtimes in (("onnxruntime", ("onnxruntime", "OpenVINO")), ("tensorrt", ("OpenVINO",))):
-                path = str(folder / f"qdq-{target}.onnx")
-                try:
-                    intbert_qdq_graph(state, bert_twin.config, calib, path, target)
-                except Exception as error:  # noqa: BLE001 (a row is skipped, the run goes on)
-                    print(f"skipped: intbert QDQ ONNX ({target} target): {type(error).__name__}: {error}")
-                    continue
-                for runtime in runtimes:
-                    name = f"intbert QDQ ONNX ({target} target) in {runtime}"
-                    maker = ort_contender if runtime == "onnxruntime" else openvino_onnx
-                    build(contenders, name, lambda: maker(name, path, args.threads))
-                    family[name] = "bert"
+            family.update(dict.fromkeys(qdq_rows(contenders, state, bert_twin.config, calib, folder, args.threads),
+                                            "bert"))
         elif dev == "cuda":
             for dtype, label in ((torch.float16, "FP16"), (torch.bfloat16, "BF16")):
                 half = RobertaModel(RobertaConfig(**SHAPE), add_pooling_layer=False).eval()
@@ -226,6 +218,7 @@ def main() -> None:
             print(f"* {c.name}: {c.note}")
     print("* cos: mean over tokens of the cosine to the float model (lowest over batch sizes); QDQ rows are compared "
           "with a float BertModel holding the same weights (BERT position numbering), the others with RobertaModel")
+    print(f"\nwhole run: {time.perf_counter() - START:.0f} s wall, {time.process_time():.0f} s process CPU")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ quantized contender) uses 256 other snippets. Rows:
 * OpenVINO INT8: ``nncf.quantize`` (post-training, transformer preset) of the converted float model, calibrated on 4
   batches of 32 calibration snippets
 * CTranslate2 int8 (``ctranslate2.Encoder``, compute_type int8; fed each sentence without its padding)
-* intbert's QDQ ONNX graph (``intbert.export_onnx`` of a QDQBertModel, docs/export.md's CPU recipe) in onnxruntime
-  and in OpenVINO
+* intbert's QDQ ONNX graph (``intbert.export_onnx`` of a QDQBertModel, docs/export.md's CPU recipe): the
+  onnxruntime-target graph in onnxruntime and in OpenVINO, and the tensorrt-target graph (signed int8, zero point 0)
+  in OpenVINO, which then runs attention in int8
 * intbert simulation (the calibrated I-BERT, ``intbert.bert_to_ibert``) and intbert engine (``intbert.freeze``, the
   default backend, whose name is printed); the engine's embeddings must equal the simulation's (torch.equal)
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -40,8 +42,8 @@ from transformers import AutoTokenizer, BertModel
 
 import _competitors
 import intbert
-from _competitors import (Contender, build, ctranslate2_int8, export_float_onnx, interleaved, intbert_qdq_graph,
-                          openvino_nncf_int8, openvino_onnx, ort_contender, ort_dynamic_int8, torch_contender, versions)
+from _competitors import (Contender, build, ctranslate2_int8, export_float_onnx, interleaved, openvino_nncf_int8,
+                          ort_contender, ort_dynamic_int8, qdq_rows, torch_contender, versions)
 from _machine import cpu_name, int8_features, load  # benchmarks/*.py (scripts run from this folder)
 from intbert.data import mean_pooled_embeddings, minilm_path, rotten_tomatoes_sentences, tokenized_batches
 
@@ -54,6 +56,8 @@ def engine_backend(frozen) -> str:
         return frozen.encoder.backend().name
     except AttributeError:
         return str(getattr(frozen.encoder, "backend_name", "?"))
+
+START = time.perf_counter()
 
 
 def main() -> None:
@@ -103,17 +107,7 @@ def main() -> None:
         build(contenders, "OpenVINO INT8 (NNCF)", lambda: openvino_nncf_int8(float_bert, ov_calibration, args.threads))
         build(contenders, "CTranslate2 int8",
               lambda: ctranslate2_int8(str(minilm_path()), str(folder / "ct2"), args.threads))
-        qdq_path = str(folder / "qdq.onnx")
-        qdq = {}
-
-        def qdq_ort():
-            qdq["model"] = intbert_qdq_graph(float_bert.state_dict(), float_bert.config, calibration, qdq_path)
-            return ort_contender("intbert QDQ ONNX in onnxruntime", qdq_path, args.threads,
-                                 "export_onnx(target='onnxruntime') of QDQBertModel, no residual-add Q/DQ, max, GELU10")
-        build(contenders, "intbert QDQ ONNX in onnxruntime", qdq_ort)
-        if "model" in qdq:
-            build(contenders, "intbert QDQ ONNX in OpenVINO",
-                  lambda: openvino_onnx("intbert QDQ ONNX in OpenVINO", qdq_path, args.threads))
+        qdq_rows(contenders, float_bert.state_dict(), float_bert.config, calibration, folder, args.threads)
 
         sim = intbert.bert_to_ibert(minilm_path(), quant_mode=True)
         intbert.calibrate(sim, calibration)  # mse ranges, I-BERT's default
@@ -144,6 +138,7 @@ def main() -> None:
     for c in contenders:
         if c.note:
             print(f"* {c.name}: {c.note}")
+    print(f"\nwhole run: {time.perf_counter() - START:.0f} s wall, {time.process_time():.0f} s process CPU")
     if not exact:
         raise SystemExit("the engine's embeddings differ from the simulation's")
 
