@@ -257,11 +257,24 @@ def test_entropy_matches_reference(num_bits, unsigned, seed):
     assert got == expected
 
 
-def test_entropy_ties_go_to_the_widest_range():
-    """Past the last non-empty bin, with a level per bin (nq = 128 >= bins), every candidate has KL 0."""
+def test_entropy_ties_go_to_the_widest_range_that_holds_data():
+    """With a level per bin (nq = 128 >= bins) every candidate from the last non-empty bin on has KL 0; the widest
+    of those that data reaches wins, not the empty top a stretch left (was: 16 bins, amax beyond every value)."""
     calib = collect_all(HistogramCalibrator(num_bits=8, num_bins=16), [torch.linspace(0, 1, 50), torch.tensor([1.1])])
     assert calib.histogram[-4:].sum().item() == 0  # the stretch left empty bins at the top
-    assert calib.compute_amax("entropy", start_bin=1).item() == f32(16 * calib.bin_width)
+    used = int(torch.nonzero(calib.histogram).max()) + 1  # 9: 1.1 lies in (8 w, 9 w]
+    assert calib.compute_amax("entropy", start_bin=1).item() == f32(used * calib.bin_width) >= 1.1
+
+
+@pytest.mark.parametrize("method", ["entropy", "mse"])
+def test_after_a_stretch_amax_stays_within_the_data(method):
+    """Was: entropy gave 364 (510 in the report) for data whose max is 256, the range a stretch had doubled into."""
+    calib = HistogramCalibrator()
+    calib.collect(torch.rand(4096, generator=torch.Generator().manual_seed(0)) * 3)
+    calib.collect(torch.linspace(-256, 256, 4097))
+    assert calib.bin_width * 2048 > 300  # the histogram reaches well past the data
+    amax = calib.compute_amax(method).item()
+    assert amax <= 256 + calib.bin_width
 
 
 def test_width_is_rounded_up_when_max_over_bins_rounds_down():

@@ -189,7 +189,8 @@ class HistogramCalibrator(Calibrator):
                 ``_entropy`` docstrings for the formulas).
             percentile: for ``"percentile"``, in ``(0, 100]``.
             start_bin, stride: for ``"mse"``/``"entropy"``, the candidate clip points are the right
-                edges ``i * w`` for ``i = start_bin, start_bin + stride, ..., <= num_bins``.
+                edges ``i * w`` for ``i = start_bin, start_bin + stride, ...`` up to the last non-empty bin,
+                and that bin's right edge itself (so amax never exceeds the data's range by more than a bin).
 
         Returns ``None`` when nothing was collected, and 0 when all data was zero.
         """
@@ -205,7 +206,15 @@ class HistogramCalibrator(Calibrator):
         if method == "percentile":
             i = self._percentile(percentile)
         else:
-            cands = _candidate_bins(self._hist.numel(), start_bin, stride).to(device)
+            # Candidates end at the data: after a stretch the bins cover up to twice max |x|, and the empty bins
+            # past it tie in KL with the last full one, so "ties to the largest" chose an amax no value reaches
+            # (510 for data whose max is 256). ``used`` bins hold every value; that range is always a candidate,
+            # as the whole histogram is upstream's (whose range ends at the data).
+            used = int(torch.nonzero(self._hist).max().item()) + 1
+            cands = _candidate_bins(used, start_bin, stride)
+            if int(cands[-1]) != used:
+                cands = torch.cat([cands, torch.tensor([used], dtype=torch.int64)])
+            cands = cands.to(device)
             i = self._mse(cands) if method == "mse" else self._entropy(cands)
         return torch.tensor(i * self._width, dtype=torch.float32, device=device)
 
