@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from intbert.quantization import TINY_AMAX, dequantize, fake_tensor_quant, quant_bounds, quantize
-from intbert.quantization.calib import reduce_amax
+from intbert.quantization.calib import amax_per_axis, reduce_amax
 
 
 def f32(v: float) -> float:
@@ -103,7 +103,7 @@ def test_tiny_amax_zeroes_only_its_own_channel():
 def test_per_channel_equals_per_slice_loop(axis):
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(4, 5, 6, generator=gen) * torch.arange(1, 7.0)
-    amax = reduce_amax(x, axis) * 0.7  # clip a bit so saturation is exercised too
+    amax = amax_per_axis(x, axis) * 0.7  # clip a bit so saturation is exercised too
     got = fake_tensor_quant(x, amax)
     expected = torch.empty_like(x)
     for index in torch.cartesian_prod(*[torch.arange(n) for n in amax.shape]).reshape(-1, 3).tolist():
@@ -112,12 +112,23 @@ def test_per_channel_equals_per_slice_loop(axis):
     assert torch.equal(got, expected)
 
 
-def test_reduce_amax_shapes():
+def test_amax_per_axis_keeps_the_quantizer_axis():
     x = torch.randn(4, 5, 6)
-    assert reduce_amax(x, None).shape == ()
-    assert reduce_amax(x, 0).shape == (4, 1, 1)
-    assert reduce_amax(x, (0, 1)).shape == (4, 5, 1)
-    assert reduce_amax(x, -1).shape == (1, 1, 6)
+    assert amax_per_axis(x, None).shape == ()
+    assert amax_per_axis(x, 0).shape == (4, 1, 1)
+    assert amax_per_axis(x, (0, 1)).shape == (4, 5, 1)
+    assert amax_per_axis(x, -1).shape == (1, 1, 6)
+    with pytest.raises(ValueError, match="axis"):
+        amax_per_axis(x, 3)
+
+
+def test_reduce_amax_reduces_over_axis_as_pytorch_quantization():
+    """Was: intbert's reduce_amax kept ``axis`` (the opposite) and had no default."""
+    x = torch.randn(4, 5, 6, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(reduce_amax(x), x.abs().max()) and reduce_amax(x).shape == ()
+    assert reduce_amax(x, 0).shape == (1, 5, 6) and torch.equal(reduce_amax(x, 0), x.abs().amax(0, keepdim=True))
+    assert reduce_amax(x, (1, 2)).shape == (4, 1, 1) and torch.equal(reduce_amax(x, (1, 2)), amax_per_axis(x, 0))
+    assert reduce_amax(x, -1, keepdims=False).shape == (4, 5)
     with pytest.raises(ValueError, match="axis"):
         reduce_amax(x, 3)
 
@@ -215,6 +226,6 @@ def test_degenerate_amax_gets_no_gradient():
 def test_cuda_matches_cpu_bit_for_bit():
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(64, 129, generator=gen) * 4
-    amax = reduce_amax(x, 0) * 0.9
+    amax = amax_per_axis(x, 0) * 0.9
     assert torch.equal(fake_tensor_quant(x.cuda(), amax.cuda()).cpu(), fake_tensor_quant(x, amax))
     assert torch.equal(quantize(x.cuda(), torch.tensor(3.0))[0].cpu(), quantize(x, torch.tensor(3.0))[0])

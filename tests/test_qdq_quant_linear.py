@@ -45,7 +45,7 @@ def test_forward_quantizes_input_per_tensor_and_weight_per_row():
     torch.manual_seed(0)
     m = QuantLinear(6, 3)
     m.input_quantizer.amax = 1.5
-    m.weight_quantizer.amax = reduce_amax(m.weight, 0) * 0.8
+    m.weight_quantizer.amax = reduce_amax(m.weight, axis=1) * 0.8
     x = randn(4, 6) * 2
     expected = F.linear(fake_tensor_quant(x, torch.tensor(1.5)), fake_tensor_quant(m.weight, m.weight_quantizer.amax), m.bias)
     assert torch.equal(m(x), expected)
@@ -56,7 +56,7 @@ def test_dynamic_weight_amax_is_per_row():
     m = QuantLinear(5, 4, bias=False)
     m.input_quantizer.disable()
     x = randn(2, 5)
-    expected = F.linear(x, fake_tensor_quant(m.weight, reduce_amax(m.weight, 0)))
+    expected = F.linear(x, fake_tensor_quant(m.weight, reduce_amax(m.weight, axis=1)))
     assert torch.equal(m(x), expected)
 
 

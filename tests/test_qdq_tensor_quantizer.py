@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from intbert.quantization import QuantDescriptor, TensorQuantizer, fake_tensor_quant
-from intbert.quantization.calib import HistogramCalibrator, MaxCalibrator, reduce_amax
+from intbert.quantization.calib import HistogramCalibrator, MaxCalibrator, amax_per_axis
 
 
 def randn(*shape, seed=0):
@@ -29,7 +29,7 @@ def test_descriptor_amax_makes_a_float32_buffer():
 def test_dynamic_mode_uses_abs_max_per_axis():
     q = TensorQuantizer(QuantDescriptor(axis=(0,)))
     x = randn(4, 9)
-    assert torch.equal(q(x), fake_tensor_quant(x, reduce_amax(x, 0)))
+    assert torch.equal(q(x), fake_tensor_quant(x, amax_per_axis(x, 0)))
     assert q.amax is None
 
 

@@ -18,7 +18,7 @@ import warnings
 import torch
 from torch import nn
 
-from .calib import HistogramCalibrator, MaxCalibrator, reduce_amax
+from .calib import HistogramCalibrator, MaxCalibrator, amax_per_axis
 from .calib.base import Calibrator
 from .descriptor import QuantDescriptor
 from .fake_quant import fake_tensor_quant, quant_bounds
@@ -270,7 +270,7 @@ class TensorQuantizer(nn.Module):
             if not self.training and not self._if_calib and not self._warned_dynamic:
                 self._warned_dynamic = True
                 warnings.warn(_DYNAMIC_EVAL_WARNING, stacklevel=3)
-            amax = reduce_amax(x, self._axis).to(torch.float32)
+            amax = amax_per_axis(x, self._axis).to(torch.float32)
         if self._scale_amax is not None:
             amax = amax * self._scale_amax
         return amax

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .calib import HISTOGRAM_METHODS, HistogramCalibrator, MaxCalibrator, reduce_amax
+from .calib import HISTOGRAM_METHODS, HistogramCalibrator, MaxCalibrator, amax_per_axis
 from .tensor_quantizer import TensorQuantizer
 
 __all__ = [
@@ -175,7 +175,7 @@ def recalibrate_weights(model: nn.Module) -> list[str]:
         q = getattr(module, "_weight_quantizer", None)
         weight = getattr(module, "weight", None)
         if isinstance(q, TensorQuantizer) and isinstance(weight, torch.Tensor):
-            q.amax = reduce_amax(weight, q.axis).to(torch.float32)
+            q.amax = amax_per_axis(weight, q.axis).to(torch.float32)
             updated.append(name)
     return updated
 

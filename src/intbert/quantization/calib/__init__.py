@@ -2,6 +2,6 @@
 
 from .base import Calibrator
 from .histogram import HISTOGRAM_METHODS, HistogramCalibrator
-from .max import MaxCalibrator, reduce_amax
+from .max import MaxCalibrator, amax_per_axis, reduce_amax
 
-__all__ = ["Calibrator", "MaxCalibrator", "HistogramCalibrator", "HISTOGRAM_METHODS", "reduce_amax"]
+__all__ = ["Calibrator", "MaxCalibrator", "HistogramCalibrator", "HISTOGRAM_METHODS", "amax_per_axis", "reduce_amax"]

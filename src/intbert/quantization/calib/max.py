@@ -9,11 +9,12 @@ import torch
 from ..descriptor import normalize_axis
 from .base import Calibrator
 
-__all__ = ["MaxCalibrator", "reduce_amax"]
+__all__ = ["MaxCalibrator", "amax_per_axis", "reduce_amax"]
 
 
-def reduce_amax(x: torch.Tensor, axis: int | tuple[int, ...] | None, keepdims: bool = True) -> torch.Tensor:
-    """``max |x|`` over every dimension NOT in ``axis``.
+def amax_per_axis(x: torch.Tensor, axis: int | tuple[int, ...] | None, keepdims: bool = True) -> torch.Tensor:
+    """``max |x|`` over every dimension NOT in ``axis``: ``axis`` is a quantizer's (the dimensions that keep their
+    own amax, as in ``QuantDescriptor(axis=0)``). pytorch-quantization's `reduce_amax` takes the opposite.
 
     ``axis=None`` gives a 0-dim tensor (per tensor). Otherwise the kept dimensions keep their size and
     the reduced ones become 1 (``keepdims=True``), so a Linear weight ``[out, in]`` with ``axis=0``
@@ -36,8 +37,27 @@ def reduce_amax(x: torch.Tensor, axis: int | tuple[int, ...] | None, keepdims: b
     return x.detach().abs().amax(dim=reduce, keepdim=keepdims)
 
 
+def reduce_amax(input: torch.Tensor, axis: int | tuple[int, ...] | None = None, keepdims: bool = True) -> torch.Tensor:
+    """``max |input|`` reduced OVER ``axis`` (all dimensions when None, giving a 0-dim tensor), as
+    pytorch-quantization's ``utils.reduce_amax`` / ``calib.reduce_amax``.
+
+    So a Linear weight ``[out, in]`` has per-row amax ``reduce_amax(w, axis=1)`` (shape ``[out, 1]``), which is
+    ``amax_per_axis(w, 0)`` in a quantizer's terms. Negative axes count from the end. (Until this version intbert's
+    ``reduce_amax`` kept ``axis`` and had no default; that function is now `amax_per_axis`.)
+    """
+    if input.numel() == 0:
+        raise ValueError(f"cannot take the amax of an empty tensor of shape {list(input.shape)}")
+    x = input.detach().abs()
+    if axis is None:
+        return x.amax()
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    if len(axes) > x.dim() or any(not -x.dim() <= a < x.dim() for a in axes):
+        raise ValueError(f"axis {axis!r} does not exist in a tensor of shape {list(x.shape)}")
+    return x.amax(dim=axes, keepdim=keepdims)
+
+
 class MaxCalibrator(Calibrator):
-    """Running abs-max: ``amax = max over batches of reduce_amax(x, axis)`` (float32, on x's device).
+    """Running abs-max: ``amax = max over batches of amax_per_axis(x, axis)`` (float32, on x's device).
 
     Exact (no binning), so it is the right method for weights and for activations without outliers.
     Degenerate cases: all-zero data gives amax 0 (the quantizer then outputs 0, which is exact for
@@ -68,7 +88,7 @@ class MaxCalibrator(Calibrator):
         if self.unsigned and not self._warned_negative and bool((x < 0).any()):
             self._warned_negative = True
             warnings.warn("unsigned quantizer saw negative values; calibrating on |x| (they will clip to 0)", stacklevel=2)
-        local = reduce_amax(x, self.axis).to(torch.float32)
+        local = amax_per_axis(x, self.axis).to(torch.float32)
         if self._calib_amax is None:
             self._calib_amax = local
         else:
