@@ -351,6 +351,7 @@ def test_a_quantizer_still_calibrating_is_refused(tmp_path):
     ("unsigned_for_tensorrt", ValueError, "TensorRT takes signed int8"),
     ("reduce_range_for_tensorrt", ValueError, "reduce_range applies to target='onnxruntime' only"),
     ("zero_amax", ValueError, "<= 2\\^-24"),
+    ("pre_quant_scale", ValueError, "matmul_a_input_quantizer has a pre_quant_scale"),
 ])  # fmt: skip
 def test_unsupported_options_are_refused(tmp_path, case, error, match):
     if case == "cross_attention":  # its quantizers cannot even be calibrated without encoder states
@@ -372,6 +373,8 @@ def test_unsupported_options_are_refused(tmp_path, case, error, match):
     elif case == "zero_amax":
         with torch.no_grad():
             quantizer.amax = torch.zeros(())
+    elif case == "pre_quant_scale":  # would be dropped by a QuantizeLinear: refused, not lost
+        quantizer.pre_quant_scale = torch.full((1,), 2.0)
     path = tmp_path / "model.onnx"
     with pytest.raises(error, match=match):
         export_onnx(model, path, target, dynamo=False, **options)

@@ -95,6 +95,7 @@ def test_json_pruned_heads_keys_become_ints():
     ("quant_desc_input", {"num_bits": 8, "axes": 0}),
     ("quant_desc_weight", {"num_bits": 99}),
     ("quant_desc_input", "8bit"),
+    ("quant_desc_input", {"num_bits": 8, "fake_quant": False}),
 ])
 def test_invalid_values_raise_value_error_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):

@@ -275,6 +275,14 @@ def export_form(model: nn.Module, target: str, reduce_range: bool) -> tuple[nn.M
     """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; use one of {TARGETS}")
+    for name, module in model.named_modules():  # options no Q/DQ pair carries: refused, never dropped silently
+        if isinstance(module, TensorQuantizer) and _is_active(module):
+            if module.pre_quant_scale is not None:
+                raise ValueError(f"{name} has a pre_quant_scale, which a QuantizeLinear does not apply; fold it into "
+                                 "the previous layer's weights (and divide this input by it) before export")
+            if not module.fake_quant:
+                raise ValueError(f"{name} quantizes for real (fake_quant=False) and outputs integers; export needs "
+                                 "fake quantization (QuantDescriptor(fake_quant=True), the default)")
     replacements: dict[str, nn.Module] = {}
     activations = weights = linears = 0
     inside_linear: set[str] = set()

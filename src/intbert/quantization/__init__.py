@@ -7,7 +7,7 @@ written for it work; the numerics are defined once in `fake_quant`.
 
 # Subpackages, reachable as intbert.quantization.calib / .nn; left out of __all__ so that a star import
 # does not shadow torch.nn.
-from . import calib, nn
+from . import calib, nn, tensor_quant
 from .descriptor import (
     QUANT_DESC_8BIT_LINEAR_WEIGHT_PER_ROW,
     QUANT_DESC_8BIT_PER_TENSOR,
@@ -16,7 +16,7 @@ from .descriptor import (
     ScaledQuantDescriptor,
 )
 from .fake_quant import TINY_AMAX, dequantize, fake_tensor_quant, quant_bounds, quantize
-from .tensor_quantizer import TensorQuantizer
+from .tensor_quantizer import TensorQuantizer, enable_onnx_export
 from .workflow import (
     CALIBRATION_METHODS,
     calibrate_quantizers,
@@ -35,6 +35,7 @@ __all__ = [
     "QUANT_DESC_UNSIGNED_8BIT_PER_TENSOR",
     "QUANT_DESC_8BIT_LINEAR_WEIGHT_PER_ROW",
     "TensorQuantizer",
+    "enable_onnx_export",
     "fake_tensor_quant",
     "quantize",
     "dequantize",

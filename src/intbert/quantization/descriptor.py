@@ -91,7 +91,8 @@ class QuantDescriptor:
         num_bits: bits per value, ``1 <= num_bits <= 24`` (2 or more when signed: a signed 1-bit
             quantizer has no positive level). 24 is the float32 exact-integer limit (see ``MAX_NUM_BITS``).
         name: optional label, shown in reprs.
-        fake_quant: True (the only mode: quantize then dequantize in floating point).
+        fake_quant: True (quantize then dequantize in floating point, what the models use) or False (a
+            ``TensorQuantizer`` then returns the integers and keeps the peer's reciprocal scale in ``scale``).
         axis: ``None`` for one amax per tensor, or the dimension(s) that keep their own amax
             (``0`` or ``(0,)`` for one amax per output row of a Linear weight).
         amax: optional fixed absolute maximum (number, nested list, array or tensor, all >= 0).
@@ -128,8 +129,8 @@ class QuantDescriptor:
         if name is not None and not isinstance(name, str):
             raise ValueError(f"name must be a str or None, got {name!r}")
         fake_quant = kwargs.get("fake_quant", True)
-        if fake_quant is not True:
-            raise ValueError("fake_quant=False is not supported: only fake quantization exists; drop the argument")
+        if not isinstance(fake_quant, bool):
+            raise ValueError(f"fake_quant must be True or False, got {fake_quant!r}")
         calib_method = kwargs.get("calib_method", "max")
         if calib_method not in CALIB_METHODS:
             raise ValueError(
@@ -146,7 +147,7 @@ class QuantDescriptor:
 
         self._num_bits = num_bits
         self._name = name
-        self._fake_quant = True
+        self._fake_quant = fake_quant
         self._axis = kwargs.get("axis")
         normalize_axis(self._axis)  # validates; the given spelling (0 vs (0,)) is kept for repr/to_dict
         if isinstance(self._axis, list):
@@ -185,6 +186,22 @@ class QuantDescriptor:
     def from_dict(cls, d: dict[str, Any]) -> QuantDescriptor:
         """Build a descriptor from ``to_dict()`` output (lists are accepted for ``axis``)."""
         return cls(**d)
+
+    def to_yaml(self) -> str:
+        """The descriptor as YAML (pytorch-quantization's ``to_yaml``): ``to_dict()``, lists for tuples."""
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, width=120)
+
+    @classmethod
+    def from_yaml(cls, yaml_str: str) -> QuantDescriptor:
+        """Build a descriptor from `to_yaml` output, or from the peer's (which leaves default fields out)."""
+        import yaml
+
+        d = yaml.safe_load(yaml_str)
+        if not isinstance(d, dict):
+            raise ValueError(f"a QuantDescriptor YAML must hold a mapping of fields, got {type(d).__name__}")
+        return cls.from_dict(d)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, QuantDescriptor):

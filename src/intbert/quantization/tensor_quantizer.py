@@ -14,6 +14,7 @@ shapes (``[]`` per tensor, keep-dims such as ``[out, 1]`` per channel). Fixed he
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ from .calib import HistogramCalibrator, MaxCalibrator, amax_per_axis
 from .calib.base import Calibrator
 from .descriptor import QuantDescriptor
 from .fake_quant import fake_tensor_quant, quant_bounds
+from .tensor_quant import tensor_quant
 
 __all__ = ["TensorQuantizer"]
 
@@ -35,6 +37,25 @@ def _make_calibrator(desc: QuantDescriptor) -> Calibrator:
     if desc.calib_method == "histogram":
         return HistogramCalibrator(desc.num_bits, desc.axis, desc.unsigned)
     return MaxCalibrator(desc.num_bits, desc.axis, desc.unsigned)
+
+
+@contextmanager
+def enable_onnx_export():
+    """pytorch-quantization's context manager: sets ``TensorQuantizer.use_fb_fake_quant`` for the block, restores it.
+
+    In intbert the flag changes nothing, and ``torch.onnx.export`` of a quantized model writes the fake
+    quantization as float ops (Div/Round/Clip), not QuantizeLinear/DequantizeLinear: a graph no int8 runtime
+    accelerates. So this warns once and names the exporter that writes Q/DQ nodes: ``intbert.export_onnx``.
+    """
+    warnings.warn("enable_onnx_export(): torch.onnx.export writes intbert's fake quantization as float ops, not "
+                  "Q/DQ nodes; use intbert.export_onnx(model, path), which writes Q/DQ and checks the graph",
+                  stacklevel=3)
+    before = TensorQuantizer.use_fb_fake_quant
+    TensorQuantizer.use_fb_fake_quant = True
+    try:
+        yield
+    finally:
+        TensorQuantizer.use_fb_fake_quant = before
 
 
 class TensorQuantizer(nn.Module):
@@ -71,7 +92,8 @@ class TensorQuantizer(nn.Module):
         if not isinstance(quant_desc, QuantDescriptor):
             raise TypeError(f"quant_desc must be a QuantDescriptor, got {type(quant_desc).__name__}")
         self._num_bits = quant_desc.num_bits
-        self._fake_quant = True
+        self._fake_quant = quant_desc.fake_quant
+        self._scale = None  # real quantization (fake_quant=False) only: the peer's qmax / amax of the last call
         self._axis = quant_desc.axis
         self._scale_amax = quant_desc.scale_amax
         self._learn_amax = quant_desc.learn_amax
@@ -185,6 +207,32 @@ class TensorQuantizer(nn.Module):
     def unsigned(self) -> bool:
         return self._unsigned
 
+    @unsigned.setter
+    def unsigned(self, value: bool) -> None:
+        """As pytorch-quantization's setter; the calibrator follows (its statistics are of |x| either way)."""
+        quant_bounds(self._num_bits, bool(value))  # validates
+        self._unsigned = bool(value)
+        if self._calibrator is not None:
+            self._calibrator.unsigned = self._unsigned
+
+    @property
+    def pre_quant_scale(self) -> torch.Tensor | None:
+        """Per-channel factors the input is multiplied by before anything else (calibration, clipping,
+        quantization): SmoothQuant / AWQ-style scaling, whose inverse the caller folds into the previous layer.
+        ``None`` (the default) leaves the input as it is. Saved in the state dict as ``_pre_quant_scale``."""
+        return self._buffers.get("_pre_quant_scale")
+
+    @pre_quant_scale.setter
+    def pre_quant_scale(self, value) -> None:
+        if value is None:
+            self._buffers.pop("_pre_quant_scale", None)
+            return
+        t = torch.as_tensor(value, dtype=torch.float32).detach()
+        if t.device.type != "meta" and (not bool(torch.isfinite(t).all()) or bool((t <= 0).any())):
+            raise ValueError("pre_quant_scale must be positive and finite (a zero would erase a channel); "
+                             f"got values {t.min().item():.3g}..{t.max().item():.3g}")
+        self.register_buffer("_pre_quant_scale", t.to(self._device).clone())
+
     @property
     def narrow_range(self) -> bool:
         return self._narrow_range
@@ -206,9 +254,10 @@ class TensorQuantizer(nn.Module):
         return self._learn_amax
 
     @property
-    def scale(self) -> float:
-        """1.0: fake quantization returns values in the input's scale (upstream's field, kept)."""
-        return 1.0
+    def scale(self):
+        """Fake quantization: 1.0 (values stay in the input's scale). Real quantization (``fake_quant=False``): the
+        peer's ``qmax / amax`` of the last call (``inputs ~= outputs / scale``), None before the first."""
+        return 1.0 if self._fake_quant else self._scale
 
     @property
     def maxbound(self) -> int:
@@ -278,6 +327,9 @@ class TensorQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._disabled:
             return x
+        pre = self.pre_quant_scale
+        if pre is not None:
+            x = x * pre.to(x.dtype)
         if self._if_calib:
             if self._calibrator is None:
                 raise RuntimeError("calibration is on but this quantizer has no calibrator")
@@ -289,8 +341,10 @@ class TensorQuantizer(nn.Module):
                 # Plain clamp: gradients reach amax where it clips (PACT) when amax is learned.
                 hi = amax.to(x.dtype)
                 out = torch.minimum(torch.maximum(out, torch.zeros_like(hi) if self._unsigned else -hi), hi)
-            if self._if_quant:
+            if self._if_quant and self._fake_quant:
                 out = fake_tensor_quant(out, amax, self._num_bits, self._unsigned, self._narrow_range)
+            elif self._if_quant:  # the peer's real quantization: integers, with the reciprocal scale kept
+                out, self._scale = tensor_quant(out, amax, self._num_bits, self._unsigned, self._narrow_range)
         return out
 
     # --------------------------------------------------------- device and state
@@ -301,18 +355,21 @@ class TensorQuantizer(nn.Module):
             self._device = fn(torch.empty(0)).device
         # Take the amax buffer out so that .half()/.bfloat16() only move it: rounding it to 16 bits
         # and back would change the scale. (A learned amax is a Parameter and follows the module.)
-        amax = self._buffers.pop("_amax", None)
+        kept = {name: self._buffers.pop(name) for name in ("_amax", "_pre_quant_scale") if name in self._buffers}
         try:
             result = super()._apply(fn, recurse)
         finally:
-            if amax is not None:
-                moved = fn(amax)
+            for name, t in kept.items():  # (the pre-quant scale likewise stays float32)
+                moved = fn(t)
                 if moved.dtype != torch.float32:
-                    moved = amax.to(device=moved.device, dtype=torch.float32)
-                self._buffers["_amax"] = moved
+                    moved = t.to(device=moved.device, dtype=torch.float32)
+                self._buffers[name] = moved
         return result
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        pre = prefix + "_pre_quant_scale"
+        if pre in state_dict and self.pre_quant_scale is None:
+            self.pre_quant_scale = torch.ones(state_dict[pre].shape)  # registered, then filled by the loader
         key = prefix + "_amax"
         if key in state_dict:
             source = state_dict[key]
@@ -337,7 +394,9 @@ class TensorQuantizer(nn.Module):
             parts.append("unsigned")
         elif self._narrow_range:
             parts.append("narrow")
-        parts.append("fake")
+        parts.append("fake" if self._fake_quant else "real")
+        if self.pre_quant_scale is not None:
+            parts.append("pre_quant_scale")
         parts.append("per-tensor" if self._axis is None else f"axis={self._axis}")
         amax = self.amax
         if amax is None:

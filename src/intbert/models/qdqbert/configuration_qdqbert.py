@@ -125,16 +125,20 @@ def _descriptor_dict(field: str, value: Any) -> dict | None:
     from intbert.quantization import QuantDescriptor  # models import the toolkit, never the reverse
 
     if isinstance(value, QuantDescriptor):
-        return value.to_dict()
-    if not isinstance(value, dict):
+        d = value.to_dict()
+    elif not isinstance(value, dict):
         raise ValueError(
             f"QDQBertConfig.{field} must be a QuantDescriptor, a dict from QuantDescriptor.to_dict() or None, "
             f"got {type(value).__name__}"
         )
-    try:
-        return QuantDescriptor.from_dict(value).to_dict()
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"QDQBertConfig.{field} is not a valid QuantDescriptor dict: {err}") from err
+    else:
+        try:
+            d = QuantDescriptor.from_dict(value).to_dict()
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"QDQBertConfig.{field} is not a valid QuantDescriptor dict: {err}") from err
+    if not d["fake_quant"]:  # a real quantizer outputs integers, which the float layers after it would misread
+        raise ValueError(f"QDQBertConfig.{field}: QDQBERT runs fake quantization; drop fake_quant=False")
+    return d
 
 
 __all__ = ["QDQBertConfig", "POSITION_EMBEDDING_TYPES"]
