@@ -267,3 +267,18 @@ def test_transformers_pipelines_run_on_the_frozen_head_with_the_simulations_scor
     got = pipeline("text-classification", model=frozen.model, tokenizer=tok, top_k=None)(texts)
     want = pipeline("text-classification", model=model, tokenizer=tok, top_k=None)(texts)
     assert got == want
+
+
+def test_freeze_refuses_an_i_gelu_whose_output_can_exceed_47_bits():
+    """At S = 2^-20 the scale floor passes but |i-GELU| reaches 2^49.5 at x = 1: the requantization's split
+    (q >> 16) * m would overflow int64, silently. The worst case per channel is checked instead."""
+    from intbert.engine.freeze import _check_gelu_output
+    from intbert.engine.modules import GELUConstants, IntLinear
+    from intbert.quantization import intops
+
+    lin = IntLinear(torch.full((2, 64), 127), torch.zeros(2, dtype=torch.int32), 8)
+    fine = GELUConstants(*intops.gelu_constants(torch.tensor([2.0**-20, 2.0**-20]))[:3])
+    with pytest.raises(OverflowRiskError, match="i-GELU output of channel 0 can reach"):
+        _check_gelu_output(lin, fine, "layer 0 intermediate GELU")
+    coarse = GELUConstants(*intops.gelu_constants(torch.tensor([1e-3, 1e-3]))[:3])
+    _check_gelu_output(lin, coarse, "layer 0 intermediate GELU")  # 64 * 127 * 128 * 1e-3 ~ 1000: fine

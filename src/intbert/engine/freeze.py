@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 
 import torch
 from torch import nn
@@ -181,6 +182,25 @@ def _gelu(gelu: IntGELU, rec: _ScaleRecorder, where: str) -> GELUConstants:
     return GELUConstants(b_int, c_int, one_int)
 
 
+def _check_gelu_output(lin: IntLinear, g: GELUConstants, where: str) -> None:
+    """Worst case of |i-GELU| per channel below 2^GELU_OUTPUT_BITS, the input width its requantization takes.
+
+    |q| <= 128 * sum_k |w[c, k]| + |bias[c]| (any int8 input), |erf| <= (b^2 + |c|) / 2^14 + 1 and
+    |out| = |q| |erf + one| <= |q| (|erf| + |one|). The scale floor GELU_MIN_INPUT_SCALE alone does not
+    bound it: at S = 2^-20 an input of 1.0 already gives 2^49.5, where the split requantization's
+    (q >> 16) * m would overflow int64. Computed in float64: a bound, compared with a power of two.
+    """
+    q_max = lin.weight.double().abs().sum(dim=1) * ACT_BOUND + lin.bias.double().abs()
+    erf = (g.b.double() ** 2 + g.c.double().abs()) / 2**intops.GELU_SHIFT + 1
+    worst = q_max * (erf + g.one.double().abs())
+    limit = 2.0**intops.GELU_OUTPUT_BITS
+    if bool((worst >= limit).any()):
+        c = int(worst.argmax())
+        raise OverflowRiskError(f"{where}: i-GELU output of channel {c} can reach 2^{math.log2(worst[c]):.1f} >= "
+                                f"2^{intops.GELU_OUTPUT_BITS}; its input scale is too fine for its range, recalibrate "
+                                "wider ranges (or use fewer weight bits)")
+
+
 def _layernorm(ln: IntLayerNorm, rec: _ScaleRecorder, where: str) -> LayerNormConstants:
     rec[ln]
     C = ln.weight.shape[0]
@@ -209,6 +229,9 @@ def _layer(layer, rec: _ScaleRecorder, i: int, config) -> IntLayer:
     d = config.hidden_size // config.num_attention_heads
     _check_gemm(d, ACT_BOUND, ACT_BOUND, 0, f"{at} attention scores")
     _check_gemm(config.max_position_embeddings, PROB_BOUND, ACT_BOUND, 0, f"{at} attention context")
+    intermediate = _linear(layer.intermediate.dense, rec, f"{at} intermediate.dense")
+    gelu = _gelu(layer.intermediate.intermediate_act_fn, rec, f"{at} intermediate GELU")
+    _check_gelu_output(intermediate, gelu, f"{at} intermediate GELU")
     return IntLayer(
         config.num_attention_heads,
         query=_linear(sa.query, rec, f"{at} query"),
@@ -224,8 +247,8 @@ def _layer(layer, rec: _ScaleRecorder, i: int, config) -> IntLayer:
         attention_ln=_layernorm(so.LayerNorm, rec, f"{at} attention.output.LayerNorm"),
         attention_out=_act(so.output_activation, rec, f"{at} attention.output.output_activation"),
         pre_intermediate=_act(layer.pre_intermediate_act, rec, f"{at} pre_intermediate_act"),
-        intermediate=_linear(layer.intermediate.dense, rec, f"{at} intermediate.dense"),
-        gelu=_gelu(layer.intermediate.intermediate_act_fn, rec, f"{at} intermediate GELU"),
+        intermediate=intermediate,
+        gelu=gelu,
         gelu_act=_act(layer.intermediate.output_activation, rec, f"{at} intermediate.output_activation"),
         pre_output=_act(layer.pre_output_act, rec, f"{at} pre_output_act"),
         output_dense=_linear(layer.output.dense, rec, f"{at} output.dense"),

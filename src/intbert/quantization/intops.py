@@ -61,7 +61,9 @@ GELU_A = -0.2888
 GELU_B = -1.769
 GELU_SHIFT = 14  # the reference's ``const``: the erf polynomial is shifted right by 14 bits
 GELU_C_OVER_A = 1.0 / GELU_A  # the reference's coeff[2] /= coeff[0]: c/a with c = 1
-#: Bound on |i-GELU output| (2^47) for input scales >= GELU_MIN_INPUT_SCALE; see int_gelu.
+#: Widest i-GELU output requantization handles exactly (its split (q >> 16) * m must fit int64). The scale
+#: floor below does not imply it (at S = 2^-20 an input of 1.0 gives 2^49.5): freeze checks the worst case
+#: per channel (engine.freeze._check_gelu_output).
 GELU_OUTPUT_BITS = 47
 GELU_MIN_INPUT_SCALE = 2.0**-20
 
