@@ -24,8 +24,9 @@ each batch size, a markdown table of ms and of ratios vs torch FP32, and each ro
 (a check that every runtime computes the same function; the weights are random).
 
 Optional rows need the ``bench`` extra (``pip install -e '.[bench]'``: openvino, nncf, ctranslate2, which leave the
-pinned torch alone); without a package its rows are skipped with the reason printed. One run takes about 10 minutes
-with one thread on a 2-vCPU machine.
+pinned torch alone); without a package its rows are skipped with the reason printed. One run with one thread took 19
+minutes of wall time on a 2-vCPU machine shared with other jobs (load average 7); the script prints its own wall and
+CPU time at the end.
 
     python benchmarks/ibert_engine.py --threads 1 --clock cpu
     python benchmarks/ibert_engine.py --threads 2 --clock wall

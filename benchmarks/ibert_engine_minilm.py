@@ -21,8 +21,8 @@ of ``--passes`` after one warm-up pass. ``--threads 1 --clock cpu`` (process CPU
 after, each row's mean / min cosine of the sentence embeddings to FP32's.
 
 Optional rows need the ``bench`` extra (``pip install -e '.[bench]'``: openvino, nncf, ctranslate2, which leave the
-pinned torch alone); without a package its rows are skipped with the reason printed. One run takes about 5 minutes
-with one thread on a 2-vCPU machine.
+pinned torch alone); without a package its rows are skipped with the reason printed. One run with one thread took
+210 s of process CPU time (11 minutes of wall time on a 2-vCPU machine shared with other jobs, load average 9).
 
     python benchmarks/ibert_engine_minilm.py --threads 1 --clock cpu
     python benchmarks/ibert_engine_minilm.py --threads 2 --clock wall
