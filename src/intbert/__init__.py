@@ -25,6 +25,8 @@ from .models.ibert import (
 from .models.ibert.convert import bert_to_ibert
 from .models.loading import LoadReport, load_float_checkpoint
 from .models.smoothing import SmoothingReport, smooth, smoothing_record
+from .recipes import DEFAULT_RECIPES, RECIPES, Recipe, apply_recipe
+from .distillation import distill
 from .models.qdqbert import (
     QDQBertConfig,
     QDQBertForMaskedLM,
@@ -63,11 +65,16 @@ __all__ = [
     "QDQBertLMHeadModel",
     "QDQBertModel",
     "QDQBertPreTrainedModel",
+    "DEFAULT_RECIPES",
+    "RECIPES",
+    "Recipe",
     "SmoothingReport",
     "UncalibratedError",
     "FrozenIBert",
+    "apply_recipe",
     "bert_to_ibert",
     "calibrate",
+    "distill",
     "export_onnx",
     "fingerprint",
     "freeze",

@@ -13,6 +13,7 @@ Defaults are BERT-base's. One deliberate difference from the transformers port: 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from transformers import PreTrainedConfig
@@ -42,6 +43,9 @@ class QDQBertConfig(PreTrainedConfig):
         quant_desc_weight: the same for the ``QuantLinear`` weight quantizers (the default is per output row, axis 0).
         smoothing: ``None``, or the record ``intbert.smooth`` wrote (the alpha chosen per site): the model then has
             its per-channel ``smooth_scale`` buffers, so a smoothed checkpoint loads them.
+        disabled_quantizers: regular expressions (``re.search`` on module names); the quantizers they match are built
+            disabled. A placement is part of how a model was quantized: a checkpoint calibrated without its
+            residual-add quantizers holds no amax for them, and would run them in dynamic mode if they came back on.
     """
 
     model_type = "qdqbert"
@@ -71,6 +75,7 @@ class QDQBertConfig(PreTrainedConfig):
     quant_desc_input: dict | Any | None = None
     quant_desc_weight: dict | Any | None = None
     smoothing: dict | None = None
+    disabled_quantizers: list | None = None
 
     def __post_init__(self, **kwargs):
         # A BERT config.json says model_type "bert"; kept as an instance attribute it would be saved again and make
@@ -81,6 +86,18 @@ class QDQBertConfig(PreTrainedConfig):
         self.pruned_heads = {int(layer): list(heads) for layer, heads in (self.pruned_heads or {}).items()}
         self.quant_desc_input = _descriptor_dict("quant_desc_input", self.quant_desc_input)
         self.quant_desc_weight = _descriptor_dict("quant_desc_weight", self.quant_desc_weight)
+        if self.disabled_quantizers is not None:
+            patterns = self.disabled_quantizers
+            if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
+                raise ValueError(f"QDQBertConfig.disabled_quantizers must be a list of regular expressions, "
+                                 f"got {patterns!r}")
+            for pattern in patterns:
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    raise ValueError(f"QDQBertConfig.disabled_quantizers: {pattern!r} is not a regular expression "
+                                     f"({err})") from err
+            self.disabled_quantizers = list(patterns)
         if self.smoothing is not None and not isinstance(self.smoothing, dict):
             raise ValueError(f"QDQBertConfig.smoothing must be None or a dict (intbert.smooth's record), "
                              f"got {type(self.smoothing).__name__}")
