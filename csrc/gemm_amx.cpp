@@ -4,7 +4,7 @@
 // into int32 without intermediate saturation; so both activation types are used as they are and no
 // compensation is needed. Sums are exact by the caller's guarantee K * 255 * 128 < 2^31 (kernels.h).
 //
-// Tiles (palette 1, configured per call: tile state belongs to the thread, and LDTILECFG zeroes it):
+// Tiles (palette 1; the configuration is checked on every call, since tile state belongs to the thread):
 //   tmm0..3  C, 16 rows x 16 int32 (64 bytes): the 2 x 2 block of a 32 x 32 output tile
 //   tmm4, 5  A, 16 rows x KB bytes: rows r0 .. r0+15 and r0+16 .. r0+31, k = s*KB .. s*KB+KB-1
 //   tmm6, 7  B, KB/4 rows x 64 bytes: two column blocks of 16, in the VNNI layout below
@@ -19,15 +19,17 @@
 // so the two B tiles a step needs are adjacent and a pair's panel is one contiguous stream.
 //
 // Tails, without copies in the inner loop:
-//   * M: the last row block's A and C tiles are configured with its rows (a second LDTILECFG), so
-//     tile loads and stores touch exactly the rows that exist;
-//   * K: the last, partial step of a row block is copied once per row block into a zero-padded
-//     32 x 64 scratch on the stack (the B bytes past K are zero, so the padding adds nothing);
-//   * N: a C tile whose 16 columns pass N is stored to a stack scratch and its valid columns copied.
+//   * M: the last row block's A and C tiles are configured with its rows, so tile loads and stores
+//     touch exactly the rows that exist;
+//   * N: the last column block's B and C tiles are configured with its columns, likewise;
+//   * K: the last, partial step is copied once per call into a zero-padded scratch of 64-byte rows on
+//     the stack (the B bytes past K are zero, so the padding adds nothing).
+// A tile store is never read back by vector loads: that stalls until the store completes (measured:
+// storing every C tile to a scratch and copying it out halved the speed).
 //
-// Blocking: N blocks of column pairs whose packed B fits in half of L2 -> row blocks of 32 -> column
-// pairs -> K steps: 2 A + 2 B tile loads feed 4 tdp (the classic 2 x 2 AMX microkernel). The A rows of
-// a block (32 x K) stay in L1/L2 while every column pair of the N block reads them.
+// Blocking: rows in chunks of 128 -> column pairs -> the chunk's 32-row blocks -> K steps: 2 A + 2 B
+// tile loads feed 4 tdp (the classic 2 x 2 AMX microkernel). A pair's B panel comes from L2/L3 once per
+// chunk and is reused from L1 by the chunk's other row blocks.
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,amx-tile,amx-int8")
 #include <immintrin.h>
 #include <stdint.h>
@@ -37,7 +39,7 @@
 
 namespace intbert {
 
-static const int64_t kAmxBBlockBytes = 1 << 20;  // packed B per N block: half of a 2 MiB L2
+static const int64_t kAmxMC = 128;  // rows per chunk: its 32-row blocks share each B pair while it is in L1
 
 static inline int64_t ceil_div_amx(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -54,15 +56,18 @@ struct alignas(64) AmxTileConfig {
   uint8_t rows[16];
 };
 
-// rows: valid A/C rows of the row block (1 .. 32); kb: K step in bytes.
-static void configure_amx(int rows, int64_t kb) {
+// rows: valid A/C rows of the row block (1 .. 32); kb: K step in bytes; cols0 / cols1: valid columns
+// (1 .. 16) of the pair's first / second column block. A narrow block gets narrow B and C tiles (a
+// tdp needs C.colsb == B.colsb), so loads and stores touch only columns that exist.
+static void configure_amx(int rows, int64_t kb, int cols0, int cols1) {
   AmxTileConfig cfg;
   memset(&cfg, 0, sizeof cfg);
   cfg.palette = 1;
   const int top = rows < 16 ? rows : 16, bottom = rows > 16 ? rows - 16 : 0;
-  for (int t = 0; t < 4; ++t) {  // C: tmm0, 1 rows 0-15; tmm2, 3 rows 16-31
+  const int cols[2] = {cols0, cols1};
+  for (int t = 0; t < 4; ++t) {  // C: tmm0, 1 rows 0-15; tmm2, 3 rows 16-31; tmm0, 2 first column block
     cfg.rows[t] = uint8_t(t < 2 ? top : bottom);
-    cfg.colsb[t] = cfg.rows[t] ? 64 : 0;
+    cfg.colsb[t] = cfg.rows[t] ? uint16_t(4 * cols[t & 1]) : 0;
   }
   cfg.rows[4] = uint8_t(top);
   cfg.colsb[4] = uint16_t(kb);
@@ -70,9 +75,14 @@ static void configure_amx(int rows, int64_t kb) {
   cfg.colsb[5] = bottom ? uint16_t(kb) : 0;
   for (int t = 6; t < 8; ++t) {
     cfg.rows[t] = uint8_t(kb / 4);
-    cfg.colsb[t] = 64;
+    cfg.colsb[t] = uint16_t(4 * cols[t - 6]);
   }
-  _tile_loadconfig(&cfg);
+  // LDTILECFG costs about 70 ns (it also zeroes every tile); STTILECFG and a compare cost a few. The
+  // thread's configuration is read back rather than remembered, since other code on this thread (oneDNN
+  // under torch, say) may have loaded its own since our last call.
+  AmxTileConfig current;
+  _tile_storeconfig(&current);
+  if (memcmp(&current, &cfg, sizeof cfg) != 0) _tile_loadconfig(&cfg);
 }
 
 // One 64-byte tile row: byte 4c + i = W[j0 + c][t0 + i] for c < 16, i < 4 (zero outside N x K).
@@ -135,25 +145,24 @@ static void block_amx(const int8_t* a0, int64_t lda, const int8_t* tail, int64_t
   const int64_t bstep = (COLS2 ? 2 : 1) * tile;
   const int64_t steps = full_steps + (tail ? 1 : 0);
   for (int64_t s = 0; s < steps; ++s) {
-    if (s < full_steps) {
-      _tile_loadd(4, a0 + s * kb, lda);
-      if (ROWS2) _tile_loadd(5, a0 + 16 * lda + s * kb, lda);
-    } else {
-      _tile_loadd(4, tail, 64);
-      if (ROWS2) _tile_loadd(5, tail + 16 * 64, 64);
+    const int8_t* at = s < full_steps ? a0 + s * kb : tail;
+    const int64_t ast = s < full_steps ? lda : 64;
+    const int8_t* bt = b + s * bstep;
+    // Loads interleaved with the products that free their tile first: tiles are not renamed, so a load
+    // into tmm4..7 waits for the last product reading the old contents.
+    _tile_loadd(4, at, ast);
+    _tile_loadd(6, bt, 64);
+    if (UNSIGNED) _tile_dpbusd(0, 4, 6); else _tile_dpbssd(0, 4, 6);
+    if (COLS2) {
+      _tile_loadd(7, bt + tile, 64);
+      if (UNSIGNED) _tile_dpbusd(1, 4, 7); else _tile_dpbssd(1, 4, 7);
     }
-    _tile_loadd(6, b + s * bstep, 64);
-    if (COLS2) _tile_loadd(7, b + s * bstep + tile, 64);
-    if (UNSIGNED) {
-      _tile_dpbusd(0, 4, 6);
-      if (COLS2) _tile_dpbusd(1, 4, 7);
-      if (ROWS2) _tile_dpbusd(2, 5, 6);
-      if (ROWS2 && COLS2) _tile_dpbusd(3, 5, 7);
-    } else {
-      _tile_dpbssd(0, 4, 6);
-      if (COLS2) _tile_dpbssd(1, 4, 7);
-      if (ROWS2) _tile_dpbssd(2, 5, 6);
-      if (ROWS2 && COLS2) _tile_dpbssd(3, 5, 7);
+    if (ROWS2) {
+      _tile_loadd(5, at + 16 * ast, ast);
+      if (UNSIGNED) _tile_dpbusd(2, 5, 6); else _tile_dpbssd(2, 5, 6);
+      if (COLS2) {
+        if (UNSIGNED) _tile_dpbusd(3, 5, 7); else _tile_dpbssd(3, 5, 7);
+      }
     }
   }
   _tile_stored(0, c0, ldc_b);
@@ -174,54 +183,52 @@ static const BlockAmx kBlocksAmx[2][2][2] = {
 void gemm_amx(const void* packed, int64_t n, int64_t k, const void* a, int a_unsigned, int64_t lda, int64_t m,
               int32_t* acc, int64_t ld_acc) {
   if (m <= 0) return;
-  const int64_t kb = step_bytes_amx(k), steps = ceil_div_amx(k, kb), tile = 16 * kb;
+  const int64_t kb = step_bytes_amx(k), tile = 16 * kb;
   const int64_t full_steps = k / kb, tail_bytes = k - full_steps * kb;  // tail: 0 .. kb-1 bytes of a last step
+  const int64_t steps = full_steps + (tail_bytes ? 1 : 0);
   const int64_t blocks = ceil_div_amx(n, 16);
+  const int last_cols = int(n - 16 * (blocks - 1));  // valid columns of the last block, 1 .. 16
   const int8_t* bpk = static_cast<const int8_t*>(packed);
   const int8_t* as = static_cast<const int8_t*>(a);
-  int64_t pairs_per_nblock = kAmxBBlockBytes / (2 * steps * tile);
-  if (pairs_per_nblock < 1) pairs_per_nblock = 1;
-  alignas(64) int8_t tail[32 * 64];
-  alignas(64) int32_t ctmp[4][16 * 16];
-  int configured_rows = 0;
-  for (int64_t cb = 0; cb < blocks; cb += 2 * pairs_per_nblock) {
-    const int64_t ce = cb + 2 * pairs_per_nblock < blocks ? cb + 2 * pairs_per_nblock : blocks;
-    for (int64_t r0 = 0; r0 < m; r0 += 32) {
-      const int rows = int(m - r0 < 32 ? m - r0 : 32);
-      if (rows != configured_rows) {
-        configure_amx(rows, kb);
-        configured_rows = rows;
-      }
-      const int8_t* a0 = as + r0 * lda;
-      if (tail_bytes) {
-        memset(tail, 0, sizeof tail);
-        for (int r = 0; r < rows; ++r) memcpy(tail + 64 * r, a0 + r * lda + full_steps * kb, size_t(tail_bytes));
-      }
+  alignas(64) int8_t tail[kAmxMC * 64];
+  int cfg_rows = 0, cfg_cols0 = 0, cfg_cols1 = 0;  // the loaded configuration (none yet)
+  for (int64_t m0 = 0; m0 < m; m0 += kAmxMC) {
+    const int64_t mc = m - m0 < kAmxMC ? m - m0 : kAmxMC;
+    const int8_t* am = as + m0 * lda;
+    if (tail_bytes) {
+      memset(tail, 0, size_t(mc) * 64);
+      for (int64_t r = 0; r < mc; ++r) memcpy(tail + 64 * r, am + r * lda + full_steps * kb, size_t(tail_bytes));
+    }
+    // Pass 0: the full 32-row blocks; pass 1: the last, shorter block (its own tile rows).
+    const int64_t full_end = mc / 32 * 32;
+    for (int pass = 0; pass < 2; ++pass) {
+      const int64_t rb_begin = pass == 0 ? 0 : full_end, rb_end = pass == 0 ? full_end : mc;
+      if (rb_begin == rb_end) continue;
+      const int rows = int(pass == 0 ? 32 : rb_end - rb_begin);
       const BlockAmx* row_kernels = kBlocksAmx[a_unsigned ? 1 : 0][rows > 16 ? 1 : 0];
-      for (int64_t c = cb; c < ce; c += 2) {
+      // Column pair outside, row blocks inside: a pair's B panel comes from L2/L3 once per chunk and is
+      // reused from L1 by the chunk's other row blocks.
+      for (int64_t c = 0; c < blocks; c += 2) {
         const bool cols2 = c + 1 < blocks;
-        const int8_t* b = bpk + c * steps * tile;
-        const BlockAmx kernel = row_kernels[cols2 ? 1 : 0];
-        const int8_t* tl = tail_bytes ? tail : nullptr;
-        int32_t* out = acc + r0 * ld_acc + 16 * c;
-        if (16 * (c + (cols2 ? 2 : 1)) <= n) {  // every C tile inside N: store straight into acc
-          kernel(a0, lda, tl, full_steps, kb, b, tile, out, out + 16, out + 16 * ld_acc, out + 16 * ld_acc + 16,
-                 4 * ld_acc);
-          continue;
+        const int cols0 = cols2 ? 16 : (c + 1 == blocks ? last_cols : 16);
+        const int cols1 = cols2 ? (c + 2 == blocks ? last_cols : 16) : 16;
+        if (rows != cfg_rows || cols0 != cfg_cols0 || cols1 != cfg_cols1) {
+          configure_amx(rows, kb, cols0, cols1);  // at most a few times per call: M and N tails
+          cfg_rows = rows, cfg_cols0 = cols0, cfg_cols1 = cols1;
         }
-        // A C tile passes N: the tiles go to the scratch (rows of 64 bytes), then the valid columns out.
-        kernel(a0, lda, tl, full_steps, kb, b, tile, ctmp[0], ctmp[1], ctmp[2], ctmp[3], 64);
-        for (int h = 0; h < 2; ++h)
-          for (int cc = 0; cc < (cols2 ? 2 : 1); ++cc) {
-            const int64_t j0 = 16 * (c + cc), valid = n - j0 < 16 ? n - j0 : 16;
-            const int r_end = rows < 16 * (h + 1) ? rows : 16 * (h + 1);
-            for (int r = 16 * h; r < r_end; ++r)
-              memcpy(out + r * ld_acc + 16 * cc, ctmp[2 * h + cc] + (r - 16 * h) * 16, size_t(valid) * 4);
-          }
+        const BlockAmx kernel = row_kernels[cols2 ? 1 : 0];
+        const int8_t* b = bpk + c * steps * tile;
+        for (int64_t r0 = rb_begin; r0 < rb_end; r0 += 32) {
+          int32_t* out = acc + (m0 + r0) * ld_acc + 16 * c;
+          kernel(am + r0 * lda, lda, tail_bytes ? tail + 64 * r0 : nullptr, full_steps, kb, b, tile, out, out + 16,
+                 out + 16 * ld_acc, out + 16 * ld_acc + 16, 4 * ld_acc);
+        }
       }
     }
   }
-  _tile_release();
+  // No TILERELEASE: the next call on this thread usually needs the same configuration, and keeping it
+  // saves the reload (small attention heads are a few hundred ns per call). The cost is that this
+  // thread's tile state stays in use (saved and restored at context switches, 8 KiB).
 }
 
 }  // namespace intbert
