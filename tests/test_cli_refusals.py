@@ -8,6 +8,7 @@ command's answer: the exit code, the one line, and that nothing was written or d
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -145,3 +146,207 @@ def test_quantize_refuses_to_write_where_the_source_lives(where, calib, tmp_path
                        capsys=capsys)
     _one_line_error(code, err, "--out")
     assert sorted(p.name for p in src.iterdir()) == before
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. saves that cannot be half-done
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def qdq(cls, calib, root) -> Path:
+    out = root / "q-qdq"
+    assert cli("quantize", cls, "--scheme", "qdq", "--method", "max", "--calib-data", calib, "--out", out)[0] == 0
+    return out
+
+
+def test_export_refuses_to_overwrite_a_file_without_overwrite(qdq, tmp_path, capsys):
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"an older export")
+    code, _, err = cli("export", qdq, "--onnx", target, capsys=capsys)
+    _one_line_error(code, err, "--overwrite")
+    assert target.read_bytes() == b"an older export"
+
+
+def test_export_overwrite_replaces_only_after_the_check_passes(qdq, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is installed by scripts/install.sh")
+    from intbert.cli import deploy
+    from intbert.export import ExportError
+
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"an older export")
+
+    def failing_check(*args, **kwargs):
+        raise ExportError("onnxruntime disagrees")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(deploy, "verify_onnx", failing_check)
+        code, _, err = cli("export", qdq, "--onnx", target, "--overwrite", capsys=capsys)
+    assert code == 1 and "onnxruntime disagrees" in err
+    assert target.read_bytes() == b"an older export"  # the failed export did not replace it
+    assert cli("export", qdq, "--onnx", target, "--overwrite", capsys=capsys)[0] == 0
+    assert target.read_bytes()[:2] != b"an" and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. one line, exit code 2, for every user mistake
+# --------------------------------------------------------------------------------------------------
+
+NOT_UTF8 = {
+    "utf-16": ("the film was good\nbad\n".encode("utf-16"), "UTF-16"),
+    "latin-1": ("un film trop ch\xe8re\n".encode("latin-1"), "not UTF-8"),
+    "binary": (bytes(range(256)) * 4, "NUL bytes"),
+}
+
+
+@pytest.mark.parametrize("command", ["quantize", "eval", "qat"])
+@pytest.mark.parametrize("kind", list(NOT_UTF8))
+def test_data_files_that_are_not_utf8_text_are_refused(kind, command, cls, quantized, tmp_path, capsys):
+    raw, words = NOT_UTF8[kind]
+    bad = tmp_path / "data.csv"
+    bad.write_bytes(raw)
+    args = {"quantize": ["quantize", cls, "--scheme", "ibert", "--calib-data", bad, "--out", tmp_path / "o"],
+            "eval": ["eval", quantized, "--data", bad],
+            "qat": ["qat", cls, "--train", bad, "--eval", bad, "--scheme", "qdq", "--out", tmp_path / "o"]}[command]
+    code, _, err = cli(*args, capsys=capsys)
+    _one_line_error(code, err, str(bad), words)
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_header(tmp_path):
+    from intbert.cli.textfile import read_examples
+
+    path = tmp_path / "excel.csv"
+    path.write_bytes("text,label\ngood film,fresh\n".encode("utf-8-sig"))
+    assert read_examples(path).labels == ["fresh"]
+
+
+def test_a_csv_with_an_unterminated_quote_names_its_line(cls, tmp_path, capsys):
+    """The csv module read the rest of the file as one field: "1 of 1 rows have no 'label' value"."""
+    bad = tmp_path / "data.csv"
+    bad.write_text('text,label\ngood film,fresh\n"bad film,rotten\nfine,fresh\n', encoding="utf-8")
+    code, _, err = cli("quantize", cls, "--scheme", "ibert", "--calib-data", bad, "--out", tmp_path / "o",
+                       capsys=capsys)
+    _one_line_error(code, err, f"{bad}:3", "quote")
+
+
+def _truncated(path: Path) -> None:
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+def _truncated_bin(path: Path) -> None:
+    weights = path / "model.safetensors"
+    torch.save(load_file(weights), path / "pytorch_model.bin")
+    weights.unlink()
+    data = (path / "pytorch_model.bin").read_bytes()
+    (path / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+
+
+def _reshaped(path: Path) -> None:
+    weights = path / "model.safetensors"
+    state = load_file(weights)
+    state["bert.encoder.layer.0.intermediate.dense.weight"] = torch.zeros(32, 32)
+    save_file(state, weights, metadata={"format": "pt"})
+
+
+def _edit_config(**changes):
+    def edit(path: Path) -> None:
+        config = json.loads((path / "config.json").read_text())
+        (path / "config.json").write_text(json.dumps({**config, **changes}))
+    return edit
+
+
+DAMAGED = {
+    "truncated safetensors": (_truncated, "truncated or damaged"),
+    "truncated .bin": (_truncated_bin, "truncated or damaged"),
+    "wrong shape": (_reshaped, "intermediate.dense.weight: checkpoint (32, 32), config (64, 32)"),
+    "pad_token_id=5000": (_edit_config(pad_token_id=5000), "pad_token_id 5000 is outside the vocabulary"),
+    "config.json not UTF-8": (lambda p: (p / "config.json").write_bytes(b'{"model_type": "bert\xff"}'),
+                              "config.json is not UTF-8"),
+    "malformed tokenizer_config.json": (lambda p: (p / "tokenizer_config.json").write_text('{"do_lower_case": '),
+                                        "tokenizer_config.json is not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("scheme", ["ibert", "qdq"])
+@pytest.mark.parametrize("damage", list(DAMAGED))
+def test_damaged_float_checkpoints_are_refused_in_one_line(damage, scheme, cls, calib, tmp_path, capsys):
+    edit, words = DAMAGED[damage]
+    bad = tmp_path / "bad"
+    shutil.copytree(cls, bad)
+    edit(bad)
+    code, _, err = cli("quantize", bad, "--scheme", scheme, "--calib-data", calib, "--out", tmp_path / "o",
+                       capsys=capsys)
+    _one_line_error(code, err, words)
+    assert not (tmp_path / "o").exists()
+
+
+def _read_only_dir(tmp_path: Path) -> Path:
+    """A folder nothing can be written in: a chmod 555 folder, or for root (whom permissions do not stop) a path
+    under /sys, which no one may create files in."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    try:
+        (Path("/sys") / "intbert-probe").mkdir()
+    except OSError:
+        return Path("/sys")
+    pytest.skip("no read-only place to write to on this machine")
+
+
+def test_eval_json_to_a_place_that_cannot_be_written_fails_before_the_work(quantized, calib, tmp_path, capsys,
+                                                                          monkeypatch):
+    from intbert.cli import evaluate
+
+    monkeypatch.setattr(evaluate, "evaluate", lambda *a, **k: pytest.fail("the evaluation ran"))
+    (tmp_path / "a-file").write_text("")
+    for bad in (tmp_path / "a-file" / "m.json", _read_only_dir(tmp_path) / "m.json", tmp_path):
+        code, _, err = cli("eval", quantized, "--data", calib, "--json", bad, capsys=capsys)
+        _one_line_error(code, err, "--json")
+
+
+def test_export_to_a_read_only_place_is_refused_before_the_work(qdq, tmp_path, capsys):
+    code, _, err = cli("export", qdq, "--onnx", _read_only_dir(tmp_path) / "sub" / "m.onnx", capsys=capsys)
+    _one_line_error(code, err, "cannot write")
+
+
+def test_demo_cache_dir_that_cannot_be_written_is_refused(tmp_path, capsys):
+    code, _, err = cli("demo", "--quick", "--cache-dir", _read_only_dir(tmp_path) / "cache", capsys=capsys)
+    _one_line_error(code, err, "--cache-dir", "cannot write")
+
+
+def test_bench_onnx_that_is_not_onnx_is_refused(qdq, calib, tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is installed by scripts/install.sh")
+    code, _, err = cli("bench", qdq, "--onnx", calib, "--out", tmp_path, capsys=capsys)
+    _one_line_error(code, err, "not an ONNX model")
+
+
+@pytest.mark.parametrize("args", [
+    ["qat", "M", "--train", "f", "--eval", "f", "--scheme", "qdq", "--out", "o", "--lr", "nan"],
+    ["qat", "M", "--train", "f", "--eval", "f", "--scheme", "qdq", "--out", "o", "--epochs", "inf"],
+    ["qat", "M", "--train", "f", "--eval", "f", "--scheme", "qdq", "--out", "o", "--max-steps", "0"],
+    ["demo", "--epochs", "-1"],
+    ["quantize", "M", "--scheme", "qdq", "--calib-data", "f", "--out", "o", "--seed", "-1"],
+], ids=["qat lr nan", "qat epochs inf", "qat max-steps 0", "demo epochs -1", "seed -1"])
+def test_numeric_options_out_of_range_are_usage_errors(args, capsys):
+    code, _, err = cli(*args, capsys=capsys)
+    _one_line_error(code, err, args[-2])
+
+
+def test_an_example_with_no_tokens_is_refused_not_passed_on_as_a_zero_length_sequence():
+    """A tokenizer that adds no special tokens turns a text of characters it drops into no tokens at all; the
+    model then failed with a raw amax() IndexError."""
+    from intbert.cli.errors import UsageError
+    from intbert.cli.inference import make_batches
+    from test_cli import _tokenizer
+
+    bare = _tokenizer()
+
+    def tokenizer(texts, **kwargs):
+        return bare(texts, add_special_tokens=False, **kwargs)
+
+    assert make_batches(tokenizer, ["the film"], 4, 16).batches[0]["input_ids"].shape == (1, 2)
+    with pytest.raises(UsageError, match="no tokens"):
+        make_batches(tokenizer, ["the film", "\u200b"], 4, 16)

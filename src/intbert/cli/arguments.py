@@ -1,12 +1,31 @@
-"""Options several commands share, defined once so they read the same everywhere."""
+"""Options several commands share, defined once so they read the same everywhere.
+
+Like every module ``intbert --help`` imports, this one imports neither torch nor transformers: parsing and
+checking arguments must answer at once (see ``main``).
+"""
 
 from __future__ import annotations
 
 import argparse
-
-import torch
+import math
 
 from .errors import UsageError
+
+#: Calibration methods by scheme: command-line name -> intbert.calibrate's name. The command line's names are
+#: QDQBERT's (max, percentile, mse, entropy); I-BERT calibrates with max (its "minmax"), mse or ema (the
+#: reference's running average); "best" tries each method of the scheme (``ptq.choose_best``).
+METHODS = {
+    "ibert": {"max": "minmax", "mse": "mse", "ema": "ema"},
+    "qdq": {"max": "max", "percentile": "percentile", "mse": "mse", "entropy": "entropy"},
+}
+ALL_METHODS = ("max", "percentile", "mse", "entropy", "ema", "best")
+DEFAULT_METHOD = "mse"
+
+
+def check_method(scheme: str, method: str) -> None:
+    if method != "best" and method not in METHODS[scheme]:
+        raise UsageError(f"--method {method} is not available for --scheme {scheme}; "
+                         f"choose one of {', '.join(METHODS[scheme])} or best")
 
 
 def positive_int(text: str) -> int:
@@ -19,12 +38,39 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0: float() also accepts 'nan' and 'inf', which no comparison with 0 rejects
+    (nan <= 0 is False) and which training would turn into NaN weights."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
 def int_list(text: str) -> list[int]:
     """'1,8,32' -> [1, 8, 32]."""
     try:
         return [positive_int(part) for part in text.split(",") if part.strip()] or [positive_int("")]
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+
+
+def add_seed_option(parser: argparse.ArgumentParser, what: str = "random seed") -> None:
+    # numpy's seed must lie in [0, 2**32): a negative one failed deep inside transformers.set_seed.
+    parser.add_argument("--seed", type=non_negative_int, default=0, help=f"{what} (default: 0)")
 
 
 def add_data_options(parser: argparse.ArgumentParser, labels: bool = True) -> None:
@@ -46,6 +92,8 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_device(name: str | None) -> str:
+    import torch
+
     if name is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():

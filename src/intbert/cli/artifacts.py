@@ -16,37 +16,20 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from . import deploy
-from .checkpoints import REPORT_NAME, Checkpoint, inspect_checkpoint, model_class
+from .checkpoints import REPORT_NAME, Checkpoint, inspect_checkpoint
 from .console import note
 from .errors import UsageError
+from .paths import check_output_dir
+
+if TYPE_CHECKING:
+    from torch import nn
 
 #: The saved formats, and what each is in words (for tables and messages).
 FORMATS = {"frozen": "I-BERT, frozen integer engine", "simulation": "I-BERT, calibrated simulation",
            "qdq": "QDQBERT, calibrated fake-quant"}
-
-
-def check_output_dir(out: Path, overwrite: bool, source: Path | None = None) -> None:
-    """Refuse, before any work is done, to write over an existing non-empty folder without --overwrite, and
-    to write where the float ``source`` lives: --out that is, contains or lies inside the source folder would
-    replace or pollute the float model (and the report would name the output as its own source)."""
-    if source is not None:
-        o, s = out.resolve(), source.resolve()
-        if o == s:
-            raise UsageError(f"--out {out} is the float model's own folder: quantizing in place would destroy "
-                             "it; choose another folder")
-        if o in s.parents:
-            raise UsageError(f"--out {out} contains the float model {source}: replacing it would delete the "
-                             "model; choose a folder outside it")
-        if s in o.parents:
-            raise UsageError(f"--out {out} lies inside the float model's folder {source}; choose a folder outside it")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} exists and is a file; choose a directory for --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UsageError(f"{out} exists and is not empty; pass --overwrite to replace it")
 
 
 def write_model_dir(out: Path, model: nn.Module, tokenizer, report: dict, overwrite: bool) -> Path:
@@ -88,6 +71,8 @@ def load_quantized(ckpt: Checkpoint, device: str = "cpu") -> nn.Module:
             return deploy.load_frozen(ckpt.path, device=device)
         except ValueError as err:  # the engine's message for a truncated, mismatched or other-version file
             raise UsageError(f"cannot load the frozen model in {ckpt.path}: {err}; quantize it again") from None
+    from .loading import model_class
+
     return model_class(ckpt.family, ckpt.head).from_pretrained(ckpt.path).to(device).eval()
 
 

@@ -16,16 +16,13 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
-
 from . import deploy
-from .arguments import add_device_option, int_list, positive_int, resolve_device
+from .arguments import add_device_option, int_list, non_negative_int, positive_int, resolve_device
 from .artifacts import FORMATS, load_quantized, source_checkpoint
-from .checkpoints import inspect_checkpoint, load_float
+from .checkpoints import inspect_checkpoint
 from .console import progress_enabled, table
 from .errors import Unavailable, UsageError
-from .inference import model_max_length, timed
+from .paths import check_writable_dir
 
 FLOAT_NAME = "FP32 (PyTorch)"
 
@@ -42,6 +39,8 @@ def cpu_name() -> str:
 
 
 def device_line(device: str) -> str:
+    import torch
+
     if device == "cuda":
         where = f"cuda ({torch.cuda.get_device_name()})"
     else:
@@ -50,6 +49,8 @@ def device_line(device: str) -> str:
 
 
 def inputs_for(config, batch: int, seq_len: int, device: str, seed: int = 0) -> dict:
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     low = min(config.vocab_size - 1, 5)  # past the special tokens of BERT-style vocabularies
     ids = torch.randint(low, config.vocab_size, (batch, seq_len), generator=g)
@@ -58,6 +59,8 @@ def inputs_for(config, batch: int, seq_len: int, device: str, seed: int = 0) -> 
 
 
 def torch_runner(model, config, device: str) -> Callable[[int, int], Callable[[], object]]:
+    import torch
+
     def make(batch: int, seq_len: int):
         inputs = inputs_for(config, batch, seq_len, device)
 
@@ -83,7 +86,7 @@ def add_parser(commands) -> None:
     p.add_argument("--batch-sizes", type=int_list, default=[1, 8, 32], metavar="N,N,...",
                    help="batch sizes (default: 1,8,32)")
     p.add_argument("--seq-len", type=positive_int, default=128, metavar="N", help="tokens per input (default: 128)")
-    p.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed calls per setting (default: 2)")
+    p.add_argument("--warmup", type=non_negative_int, default=2, metavar="N", help="untimed calls per setting (default: 2)")
     p.add_argument("--iters", type=positive_int, default=10, metavar="N", help="timed calls per setting (default: 10)")
     p.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads (default: torch's)")
     p.add_argument("--onnx", type=Path, metavar="PATH", help="time this exported file (from intbert export "
@@ -97,6 +100,8 @@ def add_parser(commands) -> None:
 def _models(args, ckpt, device: str, scratch: Path) -> tuple[dict, dict, object]:
     """{name: runner factory} in table order, {name: why it is missing} for the columns that cannot run, and the
     quantized model's config."""
+    from .loading import load_float
+
     source = source_checkpoint(ckpt, args.float_model, args.allow_other_float)
     float_model = load_float(source, ckpt.head).to(device)
     quantized = load_quantized(ckpt, device)
@@ -151,16 +156,18 @@ def run(args: argparse.Namespace) -> int:
     ckpt = inspect_checkpoint(args.dir)
     if not ckpt.quantized:
         raise UsageError(f"{ckpt.path} has no quantization_report.json: make it with intbert quantize or intbert qat")
-    if args.warmup < 0:
-        raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
+    out = args.out or ckpt.path / "bench"
+    check_writable_dir(out, "--out")
     device = resolve_device(args.device)
+    if args.onnx is not None and not args.no_onnx:
+        deploy.check_onnx_file(args.onnx, "--onnx")
+    import torch
+    from tqdm.auto import tqdm
+
+    from .inference import model_max_length, timed
+
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.onnx is not None and not args.onnx.is_file():
-        raise UsageError(f"--onnx {args.onnx}: no such file")
-    out = args.out or ckpt.path / "bench"
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; give a directory")
     sync = torch.cuda.synchronize if device == "cuda" else None
     with tempfile.TemporaryDirectory(prefix="intbert-bench-") as scratch:
         runners, skipped, config = _models(args, ckpt, device, Path(scratch))

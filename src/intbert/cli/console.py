@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -17,12 +18,22 @@ def note(message: str) -> None:
 
 
 def quiet_transformers() -> None:
-    """Silence transformers' load reports and weight-loading bars; the commands say what matters themselves."""
-    from transformers.utils import logging
+    """Silence transformers' load reports and weight-loading bars; the commands say what matters themselves
+    (missing weights are checked by ``loading``, not left to transformers' log).
 
-    logging.set_verbosity_error()
+    Without importing transformers (seconds): its documented environment variables, read when it is first
+    imported, do it; a user's own TRANSFORMERS_VERBOSITY wins. Where it is imported already (a program that
+    calls ``main``), its logging functions do it."""
+    if "transformers" in sys.modules:
+        from transformers.utils import logging
+
+        logging.set_verbosity_error()
+        if not progress_enabled():
+            logging.disable_progress_bar()
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if not progress_enabled():
-        logging.disable_progress_bar()
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def table(rows: list[list[str]], align: str | None = None) -> str:

@@ -25,22 +25,18 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import torch
-import transformers
-
 from intbert.data import minilm_path
-from intbert.quantization import fused
 
-from . import deploy, ptq
+from . import deploy
+from .arguments import DEFAULT_METHOD, add_seed_option, positive_float, positive_int
 from .artifacts import weights_bytes
-from .checkpoints import inspect_checkpoint, load_float, load_tokenizer, set_seed
+from .checkpoints import inspect_checkpoint
 from .console import megabytes, progress_enabled, table
 from .demo_data import ID2LABEL, splits, write_csv
 from .errors import Unavailable, UsageError
-from .inference import accuracy, compare, make_batches, run_model, timed
+from .paths import check_writable_dir
 from .quantize import quantize_checkpoint
 from .textfile import Examples, label_ids, read_examples
-from .training import TrainSettings, train_classifier
 
 #: Bump when the fine-tuning recipe changes, so that old cached models are not reused.
 RECIPE_VERSION = 1
@@ -110,9 +106,12 @@ def fine_tune(settings: DemoSettings, base: Path, train: Examples, out: Path) ->
     """The fine-tuned float classifier in ``out`` (reused when present); returns (path, reused)."""
     if (out / "config.json").is_file():
         return out, True
+    from .loading import load_float, load_tokenizer, set_seed
+    from .training import TrainSettings, train_classifier
+
     set_seed(settings.seed)
-    model = transformers.BertForSequenceClassification.from_pretrained(
-        base, num_labels=len(ID2LABEL), id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()})
+    model = load_float(inspect_checkpoint(base), "sequence-classification", new_head="expected",
+                       num_labels=len(ID2LABEL), id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()})
     tokenizer = load_tokenizer(base)
     labels = [{v: k for k, v in ID2LABEL.items()}[y] for y in train.labels]
     recipe = TrainSettings(epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
@@ -138,6 +137,8 @@ def eager_integer_kernels():
     took 135 s where the eager ops take 35 s (2 cores). The frozen engine stays compiled: its kernels are what the
     latency column measures.
     """
+    from intbert.quantization import fused
+
     was = fused.is_enabled()
     fused.set_enabled(False)
     try:
@@ -148,6 +149,10 @@ def eager_integer_kernels():
 
 def latency(model, tokenizer, texts: list[str], settings: DemoSettings) -> float:
     """Median ms of one batch of real held-out snippets (padded to its longest), after two warm-up calls."""
+    import torch
+
+    from .inference import timed
+
     batch = dict(tokenizer(texts[: settings.latency_batch], padding=True, truncation=True,
                            max_length=settings.max_length, return_tensors="pt"))
 
@@ -160,6 +165,11 @@ def latency(model, tokenizer, texts: list[str], settings: DemoSettings) -> float
 
 def run_demo(settings: DemoSettings) -> dict:
     """The demo's pipeline; returns what it printed as data (rows, files, timings)."""
+    import torch
+
+    from .inference import accuracy, compare, make_batches, run_model
+    from .loading import load_float, load_tokenizer
+
     started = time.perf_counter()
     base = Path(settings.base) if settings.base is not None else minilm_path()
     base_name = base.name if settings.base is not None else "all-MiniLM-L6-v2"  # the package folder is "model"
@@ -179,10 +189,10 @@ def run_demo(settings: DemoSettings) -> dict:
 
     common = dict(batch_size=settings.calibration_batch_size, max_length=settings.max_length, overwrite=True,
                   seed=settings.seed, progress=settings.progress)
-    _say(f"[2/4] I-BERT: calibrating ({ptq.DEFAULT_METHOD}) on {len(calib)} snippets and freezing to integers ...")
+    _say(f"[2/4] I-BERT: calibrating ({DEFAULT_METHOD}) on {len(calib)} snippets and freezing to integers ...")
     t0 = time.perf_counter()
     with eager_integer_kernels():
-        ibert = quantize_checkpoint(ckpt, "ibert", ptq.DEFAULT_METHOD, calib, root / "ibert", **common)
+        ibert = quantize_checkpoint(ckpt, "ibert", DEFAULT_METHOD, calib, root / "ibert", **common)
     _say(f"      done in {time.perf_counter() - t0:.0f} s: {ibert.out}")
     _say("[3/4] QDQBERT: calibrating with max, percentile, mse and entropy; keeping the closest to FP32 ...")
     t0 = time.perf_counter()
@@ -270,12 +280,12 @@ def add_parser(commands) -> None:
                     "and print accuracy, agreement, size and latency against FP32. The fine-tuned model is cached.")
     p.add_argument("--cache-dir", metavar="DIR", help="where models and results go (default: $INTBERT_CACHE, else "
                    "~/.cache/intbert/demo)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split, the fine-tune and the new head (default: 0)")
-    p.add_argument("--train", type=int, default=DemoSettings.train, metavar="N",
+    add_seed_option(p, "seed of the split, the fine-tune and the new head")
+    p.add_argument("--train", type=positive_int, default=DemoSettings.train, metavar="N",
                    help=f"training snippets (default: {DemoSettings.train})")
-    p.add_argument("--test", type=int, default=DemoSettings.test, metavar="N",
+    p.add_argument("--test", type=positive_int, default=DemoSettings.test, metavar="N",
                    help=f"held-out snippets (default: {DemoSettings.test})")
-    p.add_argument("--epochs", type=float, default=DemoSettings.epochs, help="fine-tuning epochs (default: 1)")
+    p.add_argument("--epochs", type=positive_float, default=DemoSettings.epochs, help="fine-tuning epochs (default: 1)")
     p.add_argument("--base", metavar="MODEL", help="another BERT checkpoint to fine-tune instead of all-MiniLM-L6-v2")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export row")
     p.add_argument("--quick", action="store_true", help="the reduced setting: a few steps on a few snippets "
@@ -284,16 +294,12 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for name in ("train", "test"):
-        if getattr(args, name) <= 0:
-            raise UsageError(f"--{name} must be > 0")
     if args.base is not None:
         base = inspect_checkpoint(args.base)
         if base.family != "bert":
             raise UsageError(f"--base {args.base} is a {base.family} checkpoint; the demo fine-tunes a BERT")
     root = cache_dir(args.cache_dir)
-    if root.exists() and not root.is_dir():
-        raise UsageError(f"cache directory {root} is a file")
+    check_writable_dir(root, "--cache-dir" if args.cache_dir else "the cache folder ($INTBERT_CACHE or ~/.cache)")
     if args.quick:
         settings = DemoSettings.reduced(root, seed=args.seed)
     else:

@@ -11,10 +11,12 @@ import contextlib
 import importlib
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import nn
+from .errors import Unavailable, UsageError
 
-from .errors import Unavailable
+if TYPE_CHECKING:
+    from torch import nn
 
 _ONNX_PIP = "pip install 'intbert[onnx]'"
 
@@ -80,7 +82,19 @@ def onnx_session(path: Path, threads: int | None):
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...) share no base of use
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UsageError(f"{path} is not an ONNX model onnxruntime can load ({first}); give a file written by "
+                         "intbert export") from None
+
+
+def check_onnx_file(path: Path, option: str) -> None:
+    """Refuse, before any model is loaded, a file onnxruntime cannot open (a text file, a truncated export)."""
+    if not path.is_file():
+        raise UsageError(f"{option} {path}: no such file")
+    onnx_session(path, 1)
 
 
 class OnnxModel:

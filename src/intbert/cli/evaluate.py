@@ -10,16 +10,18 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .arguments import add_batch_options, add_data_options, add_device_option, positive_int, resolve_device
 from .artifacts import FORMATS, load_quantized, source_checkpoint
-from .checkpoints import inspect_checkpoint, load_float, load_tokenizer
+from .checkpoints import inspect_checkpoint
 from .console import progress_enabled, table
 from .errors import UsageError
-from .inference import accuracy, compare, make_batches, model_max_length, run_model
+from .paths import check_output_file
 from .textfile import Examples, label_ids, read_examples
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def evaluate(reference: nn.Module | None, quantized: nn.Module, tokenizer, examples: Examples, head: str, *,
@@ -29,6 +31,8 @@ def evaluate(reference: nn.Module | None, quantized: nn.Module, tokenizer, examp
     Keys: examples, labelled, accuracy_float / accuracy_quantized (labelled classifiers), agreement,
     cosine_mean, cosine_min (when there is a reference).
     """
+    from .inference import accuracy, compare, make_batches, model_max_length, run_model
+
     max_length = min(max_length, model_max_length(quantized.config))
     data = make_batches(tokenizer, examples.texts, batch_size, max_length)
     labelled = examples.labels is not None and head == "sequence-classification"
@@ -78,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     ckpt = inspect_checkpoint(args.dir)
     if not ckpt.quantized:
         raise UsageError(f"{ckpt.path} has no quantization_report.json: make it with intbert quantize or intbert qat")
+    if args.json is not None:
+        check_output_file(args.json, "--json")
     examples = read_examples(args.data, args.text_column, args.label_column)
     if args.max_examples:
         examples = examples.head(args.max_examples)
@@ -85,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     source = source_checkpoint(ckpt, args.float_model, args.allow_other_float)
     # A qat folder trained a new head on a bare encoder: its source has no matching float head to compare.
     comparable = source.head == ckpt.head
+    from .loading import load_float, load_tokenizer
+
     reference = load_float(source, ckpt.head, new_head="refuse").to(device) if comparable else None
     quantized = load_quantized(ckpt, device)
     metrics = evaluate(reference, quantized, load_tokenizer(ckpt.path), examples, ckpt.head,

@@ -7,17 +7,18 @@ engine's integer-op graph (onnxruntime), whose int8 hidden states equal the engi
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import tempfile
 from pathlib import Path
-
-import torch
 
 from . import deploy
 from .arguments import add_batch_options, add_data_options, positive_int
 from .artifacts import load_quantized
-from .checkpoints import inspect_checkpoint, load_tokenizer
+from .checkpoints import inspect_checkpoint
 from .console import megabytes
 from .errors import UsageError
-from .inference import make_batches, model_max_length
+from .paths import check_output_file
 from .textfile import read_examples
 
 TARGETS = ("onnxruntime", "tensorrt")
@@ -27,6 +28,10 @@ SYNTHETIC_LENGTHS = (5, 17, 33)
 
 def synthetic_batches(config, lengths=SYNTHETIC_LENGTHS, batch_size: int = 4, seed: int = 0) -> list[dict]:
     """Batches of random ids with ragged padding, so the check also covers masked positions."""
+    import torch
+
+    from .inference import model_max_length
+
     g = torch.Generator().manual_seed(seed)
     low = min(config.vocab_size - 1, 5)  # skip the first ids, which are special tokens in BERT-style vocabularies
     batches = []
@@ -63,6 +68,7 @@ def add_parser(commands) -> None:
     p.add_argument("--data", metavar="FILE", help="check on these examples (default: random token ids)")
     p.add_argument("--max-examples", type=positive_int, default=64, metavar="N",
                    help="examples of --data to check on (default: 64)")
+    p.add_argument("--overwrite", action="store_true", help="replace PATH if it exists")
     add_data_options(p, labels=False)
     add_batch_options(p, batch_size=16)
     p.set_defaults(run=run)
@@ -77,19 +83,29 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{ckpt.path} is an I-BERT model: its integer graph runs in onnxruntime only (int64 Mod, "
                          "BitShift and CumSum, which TensorRT lacks); use --target onnxruntime, or a QDQBERT for "
                          "TensorRT")
-    if args.onnx.is_dir():
-        raise UsageError(f"--onnx {args.onnx} is a directory; give a file path such as model.onnx")
+    check_output_file(args.onnx, "--onnx", args.overwrite)
+    texts = read_examples(args.data, args.text_column).texts[: args.max_examples] if args.data else None
+    from .inference import make_batches, model_max_length
+    from .loading import load_tokenizer
+
     model = load_quantized(ckpt)
-    if args.data:
+    if texts is not None:
         tokenizer = load_tokenizer(ckpt.path)
-        texts = read_examples(args.data, args.text_column).texts[: args.max_examples]
         batches = make_batches(tokenizer, texts, args.batch_size,
                                min(args.max_length, model_max_length(model.config))).batches
     else:
         batches = synthetic_batches(model.config)
+    # Exported and checked under a hidden name beside --onnx, then renamed over it: an export that fails its check,
+    # or a run that is interrupted, leaves the old file (if any) as it was.
     args.onnx.parent.mkdir(parents=True, exist_ok=True)
-    result = deploy.export_onnx(model, args.onnx, args.target)
-    check = deploy.verify_onnx(model, args.onnx, batches)
+    staging = Path(tempfile.mkdtemp(prefix=f".{args.onnx.name}.intbert-new-{os.getpid()}-", dir=args.onnx.parent))
+    try:
+        staged = staging / args.onnx.name
+        result = deploy.export_onnx(model, staged, args.target)
+        check = deploy.verify_onnx(model, staged, batches)
+        os.replace(staged, args.onnx)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     print(f"wrote {args.onnx} ({megabytes(args.onnx.stat().st_size)}), target {args.target}: {_graph(result)}")
     print(f"  onnxruntime vs PyTorch on {check.batches} batches: {check}")
     return 0

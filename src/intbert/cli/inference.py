@@ -16,6 +16,8 @@ from tqdm.auto import tqdm
 
 from intbert.data import tokenized_batches
 
+from .errors import UsageError
+
 
 @dataclass(frozen=True)
 class Batches:
@@ -31,9 +33,31 @@ class Batches:
         return out
 
 
+def check_tokens(batch: dict, texts: list[str]) -> dict:
+    """Refuse examples that tokenize to nothing (a tokenizer without special tokens, a text of characters it
+    drops): the model would get a zero-length sequence, or a row of padding only. Returns ``batch``."""
+    ids = batch["input_ids"]
+    real = batch["attention_mask"].sum(-1).tolist() if "attention_mask" in batch else [ids.shape[-1]] * len(texts)
+    empty = [t for t, n in zip(texts, real) if n == 0]
+    if empty:
+        raise UsageError(f"{len(empty)} example(s) have no tokens after tokenization, e.g. {empty[0]!r}: this "
+                         "tokenizer adds no special tokens and keeps nothing of them; remove them from the data")
+    return batch
+
+
+def encode(tokenizer, texts: list[str], max_length: int) -> dict:
+    """One padded batch of model inputs for ``texts``, checked to give every example a token."""
+    batch = dict(tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
+    return check_tokens(batch, texts)
+
+
 def make_batches(tokenizer, texts: list[str], batch_size: int, max_length: int) -> Batches:
     order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
-    return Batches(tokenized_batches(tokenizer, [texts[i] for i in order], batch_size, max_length), order)
+    ordered = [texts[i] for i in order]
+    batches = tokenized_batches(tokenizer, ordered, batch_size, max_length)
+    for start, batch in zip(range(0, len(ordered), batch_size), batches):
+        check_tokens(batch, ordered[start : start + batch_size])
+    return Batches(batches, order)
 
 
 def model_max_length(config) -> int:

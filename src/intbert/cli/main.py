@@ -1,13 +1,20 @@
 """The ``intbert`` command: argparse subcommands, and one-line errors with fixed exit codes.
 
 Exit codes: 0 success; 1 a step that cannot run here or a model the library refuses (message names the fix);
-2 a usage mistake: bad arguments, a missing or wrong file (argparse's own code for its errors). Set
+2 a usage mistake: bad arguments, a missing or wrong file (argparse's own code for its errors); 130 Ctrl-C. Set
 INTBERT_DEBUG=1 to get the traceback of such an error as well.
+
+Answering at once: importing torch and transformers takes seconds (over 30 on a loaded machine), so nothing
+this module imports to build the parser imports them: the command modules keep their heavy imports inside the
+functions that do the work, after the checks that need no model (missing files, outputs that cannot be
+written, bad option values). ``intbert --help``, ``intbert CMD --help`` and those usage errors never wait for
+torch (tests/test_cli_startup.py checks it), and a Ctrl-C while torch loads is caught like any other.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -82,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         return _fail(prog, f"{type(err).__name__}: {err}", 1)
+    except OSError as err:
+        # A place the user cannot write that no earlier check caught (the commands check their outputs first).
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or debug:
+            raise
+        return _fail(prog, f"cannot write {err.filename or ''} ({err.strerror}); choose a writable place", 2)
     except KeyboardInterrupt:
         return _fail(prog, "interrupted", 130)
 

@@ -10,13 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 from .arguments import add_device_option, positive_int, resolve_device
 from .artifacts import load_quantized, source_checkpoint
-from .checkpoints import inspect_checkpoint, load_float, load_tokenizer
+from .checkpoints import Checkpoint, inspect_checkpoint
 from .errors import UsageError
-from .inference import example_outputs, model_max_length
 
 #: Mask spellings accepted in the text whatever the tokenizer's own (BERT's [MASK], RoBERTa's <mask>).
 MASK_SPELLINGS = ("[MASK]", "<mask>")
@@ -37,13 +34,14 @@ def add_parser(commands) -> None:
     p.set_defaults(run=run)
 
 
-def _load(args, device: str):
-    ckpt = inspect_checkpoint(args.dir)
-    if ckpt.quantized and not args.use_float:
-        return ckpt, load_quantized(ckpt, device)
-    if args.use_float and ckpt.quantized:
-        return ckpt, load_float(source_checkpoint(ckpt), ckpt.head, new_head="refuse").to(device)
-    return ckpt, load_float(ckpt).to(device)
+def _load(ckpt: Checkpoint, use_float: bool, device: str):
+    from .loading import load_float
+
+    if ckpt.quantized and not use_float:
+        return load_quantized(ckpt, device)
+    if use_float and ckpt.quantized:
+        return load_float(source_checkpoint(ckpt), ckpt.head, new_head="refuse").to(device)
+    return load_float(ckpt).to(device)
 
 
 def _with_tokenizer_mask(texts: list[str], mask: str | None) -> list[str]:
@@ -60,8 +58,11 @@ def _with_tokenizer_mask(texts: list[str], mask: str | None) -> list[str]:
 
 
 def fill_mask(model, tokenizer, texts: list[str], top_k: int, device: str) -> list[dict]:
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=model_max_length(model.config),
-                      return_tensors="pt")
+    import torch
+
+    from .inference import encode, model_max_length
+
+    batch = encode(tokenizer, texts, model_max_length(model.config))
     with torch.no_grad():
         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
     results = []
@@ -77,8 +78,11 @@ def fill_mask(model, tokenizer, texts: list[str], top_k: int, device: str) -> li
 
 
 def classify(model, tokenizer, texts: list[str], head: str, device: str) -> list[dict]:
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=model_max_length(model.config),
-                      return_tensors="pt")
+    import torch
+
+    from .inference import encode, example_outputs, model_max_length
+
+    batch = encode(tokenizer, texts, model_max_length(model.config))
     with torch.no_grad():
         outputs = example_outputs(model(**{k: v.to(device) for k, v in batch.items()}), batch, head)
     id2label = model.config.id2label
@@ -98,16 +102,22 @@ def classify(model, tokenizer, texts: list[str], head: str, device: str) -> list
 
 
 def embed(model, tokenizer, texts: list[str], device: str) -> list[dict]:
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=model_max_length(model.config),
-                      return_tensors="pt")
+    import torch
+
+    from .inference import encode, example_outputs, model_max_length
+
+    batch = encode(tokenizer, texts, model_max_length(model.config))
     with torch.no_grad():
         pooled = example_outputs(model(**{k: v.to(device) for k, v in batch.items()}), batch, "base")
     return [{"text": t, "embedding": e.tolist(), "norm": float(e.norm())} for t, e in zip(texts, pooled)]
 
 
 def run(args: argparse.Namespace) -> int:
+    ckpt = inspect_checkpoint(args.dir)
     device = resolve_device(args.device)
-    ckpt, model = _load(args, device)
+    model = _load(ckpt, args.use_float, device)
+    from .loading import load_tokenizer
+
     tokenizer = load_tokenizer(ckpt.path)
     head = ckpt.head
     if head == "masked-lm":

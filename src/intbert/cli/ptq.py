@@ -19,22 +19,8 @@ from intbert.models.ibert.quant_modules import IntLayerNorm, QuantAct
 from intbert.models.qdqbert import recompute_amax
 from intbert.quantization.workflow import named_quantizers
 
-from .errors import UsageError
+from .arguments import METHODS, check_method
 from .inference import Batches, compare, run_model
-
-#: command-line method -> intbert.calibrate's method, per scheme.
-METHODS = {
-    "ibert": {"max": "minmax", "mse": "mse", "ema": "ema"},
-    "qdq": {"max": "max", "percentile": "percentile", "mse": "mse", "entropy": "entropy"},
-}
-ALL_METHODS = ("max", "percentile", "mse", "entropy", "ema", "best")
-DEFAULT_METHOD = "mse"
-
-
-def check_method(scheme: str, method: str) -> None:
-    if method != "best" and method not in METHODS[scheme]:
-        raise UsageError(f"--method {method} is not available for --scheme {scheme}; "
-                         f"choose one of {', '.join(METHODS[scheme])} or best")
 
 
 def calibrate(model: nn.Module, scheme: str, method: str, batches: list[dict], progress: bool,

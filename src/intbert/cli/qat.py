@@ -11,18 +11,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import deploy, ptq
-from .arguments import add_batch_options, add_data_options, positive_int
-from .artifacts import FORMATS, check_output_dir, write_model_dir
-from .checkpoints import build_quantized, inspect_checkpoint, load_float, load_tokenizer, set_seed
+from .arguments import (ALL_METHODS, DEFAULT_METHOD, add_batch_options, add_data_options, add_seed_option, check_method,
+                        positive_float, positive_int)
+from .artifacts import FORMATS
+from .checkpoints import inspect_checkpoint
 from .console import progress_enabled, table
 from .errors import UsageError
-from .evaluate import evaluate
-from .inference import make_batches, model_max_length
+from .paths import check_output_dir
 from .quantize import SCHEME_NAMES
-from .report import build_report
 from .textfile import label_ids, label_names, read_examples
-from .training import TrainSettings, train_classifier
 
 HEAD = "sequence-classification"
 
@@ -37,31 +34,43 @@ def add_parser(commands) -> None:
     p.add_argument("--train", metavar="FILE", required=True, help="labelled training examples (.csv/.tsv/.jsonl)")
     p.add_argument("--eval", dest="eval_file", metavar="FILE", required=True, help="labelled evaluation examples")
     p.add_argument("--scheme", choices=tuple(SCHEME_NAMES), required=True, help="ibert or qdq")
-    p.add_argument("--method", choices=ptq.ALL_METHODS[:-1], default=ptq.DEFAULT_METHOD,
+    p.add_argument("--method", choices=[m for m in ALL_METHODS if m != "best"], default=DEFAULT_METHOD,
                    help="calibration method before training (default: mse)")
     p.add_argument("--out", metavar="DIR", type=Path, required=True, help="output directory")
-    p.add_argument("--epochs", type=float, default=1.0, help="training epochs (default: 1)")
-    p.add_argument("--max-steps", type=int, default=-1, metavar="N", help="stop after N steps (overrides --epochs)")
-    p.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (default: 2e-5)")
+    p.add_argument("--epochs", type=positive_float, default=1.0, help="training epochs (default: 1)")
+    p.add_argument("--max-steps", type=positive_int, metavar="N", help="stop after N steps (overrides --epochs)")
+    p.add_argument("--lr", type=positive_float, default=2e-5, help="peak learning rate (default: 2e-5)")
     p.add_argument("--calib-examples", type=positive_int, default=256, metavar="N",
                    help="training examples to calibrate on first (default: 256)")
     p.add_argument("--no-freeze", action="store_true", help="I-BERT: save the simulation, not the frozen model")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_seed_option(p)
     add_data_options(p)
     add_batch_options(p, batch_size=16)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.lr <= 0 or args.epochs <= 0:
-        raise UsageError("--lr and --epochs must be > 0")
     ckpt = inspect_checkpoint(args.model)
     if ckpt.quantized:
         raise UsageError(f"{ckpt.path} was already quantized by intbert; start QAT from its float model")
+    check_method(args.scheme, args.method)
     check_output_dir(args.out, args.overwrite, ckpt.path)
     train = read_examples(args.train, args.text_column, args.label_column, require_labels=True)
     held = read_examples(args.eval_file, args.text_column, args.label_column, require_labels=True)
+    if ckpt.head == HEAD:  # the model's own labels: check both files now, not after training
+        id2label = ckpt.config.get("id2label") or {}
+        label2id = ckpt.config.get("label2id") or {v: int(k) for k, v in id2label.items()}
+        for examples in (train, held):
+            label_ids(examples.labels, label2id, len(id2label) or 2, str(examples.path))
+    from . import deploy, ptq
+    from .artifacts import write_model_dir
+    from .evaluate import evaluate
+    from .inference import make_batches, model_max_length
+    from .loading import build_quantized, load_float, load_tokenizer, set_seed
+    from .report import build_report
+    from .training import TrainSettings, train_classifier
+
     tokenizer = load_tokenizer(ckpt.path)
     overrides = {}
     if ckpt.head != HEAD:  # a new head: its labels come from the training file
@@ -78,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     calib = make_batches(tokenizer, train.texts[: args.calib_examples], args.batch_size, max_length).batches
     ptq.calibrate(model, args.scheme, args.method, calib, progress)
     settings = TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=max_length,
-                             max_steps=args.max_steps, seed=args.seed)
+                             max_steps=args.max_steps or -1, seed=args.seed)
     trained = train_classifier(model, tokenizer, train.texts, labels, settings, progress)
     if not trained["main_process"]:
         return 0  # under torchrun, the main process evaluates and writes DIR

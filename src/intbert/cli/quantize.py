@@ -5,18 +5,19 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from . import deploy, ptq
-from .arguments import add_batch_options, add_data_options, positive_int
-from .artifacts import FORMATS, check_output_dir, weights_bytes, write_model_dir
-from .checkpoints import Checkpoint, build_quantized, inspect_checkpoint, load_float, load_tokenizer, set_seed
+from .arguments import (ALL_METHODS, DEFAULT_METHOD, add_batch_options, add_data_options, add_seed_option, check_method,
+                        positive_int)
+from .artifacts import FORMATS, weights_bytes
+from .checkpoints import Checkpoint, inspect_checkpoint
 from .console import megabytes, progress_enabled
 from .errors import UsageError
-from .inference import make_batches, model_max_length, run_model
-from .report import build_report
+from .paths import check_output_dir
 from .textfile import Examples, read_examples
+
+if TYPE_CHECKING:
+    from torch import nn
 
 #: With --method best, this share of the calibration examples (at most HELD_OUT_MAX) scores the methods.
 HELD_OUT_SHARE, HELD_OUT_MAX = 0.25, 256
@@ -32,6 +33,15 @@ class Quantized:
     report: dict
 
 
+def check_quantize(ckpt: Checkpoint, scheme: str, method: str, examples: Examples, out: Path, overwrite: bool) -> None:
+    """Every refusal that needs no model: run before anything heavy is imported or loaded."""
+    if ckpt.quantized:
+        raise UsageError(f"{ckpt.path} was already quantized by intbert; quantize its float model "
+                         f"{ckpt.report.get('source', {}).get('path', '')}".rstrip())
+    check_method(scheme, method)
+    if method == "best" and len(examples) < 2:
+        raise UsageError("--method best needs at least 2 calibration examples (some score the methods)")
+    check_output_dir(out, overwrite, ckpt.path)
 
 
 def quantize_checkpoint(ckpt: Checkpoint, scheme: str, method: str, examples: Examples, out: Path, *,
@@ -39,11 +49,13 @@ def quantize_checkpoint(ckpt: Checkpoint, scheme: str, method: str, examples: Ex
                         percentile: float = 99.99, seed: int = 0, progress: bool = False,
                         extra_report: dict | None = None) -> Quantized:
     """Calibrate ``ckpt`` as ``scheme`` on ``examples`` and write ``out``; the step behind the command and the demo."""
-    if ckpt.quantized:
-        raise UsageError(f"{ckpt.path} was already quantized by intbert; quantize its float model "
-                         f"{ckpt.report.get('source', {}).get('path', '')}".rstrip())
-    ptq.check_method(scheme, method)
-    check_output_dir(out, overwrite, ckpt.path)
+    check_quantize(ckpt, scheme, method, examples, out, overwrite)
+    from . import deploy, ptq
+    from .artifacts import write_model_dir
+    from .inference import make_batches, model_max_length, run_model
+    from .loading import build_quantized, load_float, load_tokenizer, set_seed
+    from .report import build_report
+
     tokenizer = load_tokenizer(ckpt.path)
     set_seed(seed)
     model = build_quantized(ckpt, scheme)
@@ -51,8 +63,6 @@ def quantize_checkpoint(ckpt: Checkpoint, scheme: str, method: str, examples: Ex
     calib_examples, scores = examples, None
     if method == "best":
         held = min(HELD_OUT_MAX, max(1, int(len(examples) * HELD_OUT_SHARE)))
-        if len(examples) < 2:
-            raise UsageError("--method best needs at least 2 calibration examples (some score the methods)")
         calib_examples = examples.head(len(examples) - held)
         held_out = make_batches(tokenizer, examples.texts[len(examples) - held:], batch_size, max_length)
         reference = run_model(load_float(ckpt), held_out, ckpt.head, progress=progress, desc="float reference")
@@ -88,7 +98,7 @@ def add_parser(commands) -> None:
                    help="ibert: integer-only I-BERT; qdq: QDQBERT (BERT with Q/DQ nodes)")
     p.add_argument("--calib-data", metavar="FILE", required=True,
                    help="calibration text: one example per line, or a .csv/.tsv/.jsonl column")
-    p.add_argument("--method", choices=ptq.ALL_METHODS, default=ptq.DEFAULT_METHOD,
+    p.add_argument("--method", choices=ALL_METHODS, default=DEFAULT_METHOD,
                    help="calibration method (default: mse); I-BERT takes max, mse or ema; QDQBERT max, percentile, "
                         "mse or entropy; best tries each and keeps the closest to float on a held-out quarter")
     p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default: 99.99)")
@@ -98,7 +108,7 @@ def add_parser(commands) -> None:
     p.add_argument("--no-freeze", action="store_true",
                    help="I-BERT: save the calibrated simulation instead of the frozen integer model")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_seed_option(p)
     add_data_options(p, labels=False)
     add_batch_options(p)
     p.set_defaults(run=run)
@@ -108,9 +118,10 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.percentile <= 100:
         raise UsageError(f"--percentile must be in (0, 100], got {args.percentile}")
     ckpt = inspect_checkpoint(args.model)
-    ptq.check_method(args.scheme, args.method)
+    check_method(args.scheme, args.method)
     check_output_dir(args.out, args.overwrite, ckpt.path)
     examples = read_examples(args.calib_data, args.text_column).head(args.max_examples)
+    check_quantize(ckpt, args.scheme, args.method, examples, args.out, args.overwrite)
     result = quantize_checkpoint(ckpt, args.scheme, args.method, examples, args.out, batch_size=args.batch_size,
                                  max_length=args.max_length, freeze=not args.no_freeze, overwrite=args.overwrite,
                                  percentile=args.percentile, seed=args.seed, progress=progress_enabled())

@@ -7,6 +7,7 @@ Labels are kept as the strings the file holds; ``label_ids`` turns them into cla
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,27 +40,52 @@ def _pick(columns: list[str], wanted: str | None, defaults: tuple[str, ...], wha
     return next((c for c in defaults if c in columns), None)
 
 
+def read_text(path: Path) -> str:
+    """The file's text, which must be UTF-8 (a UTF-8 byte-order mark, as Excel writes, is dropped). A UTF-16 file,
+    another encoding or a binary file is a UsageError naming the fix: decoding it some other way would
+    calibrate or train on mojibake."""
+    raw = path.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UsageError(f"{path} is UTF-16 text; save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
+    if b"\x00" in raw:
+        raise UsageError(f"{path} holds NUL bytes: UTF-16 or binary, not UTF-8 text; give a UTF-8 text, .csv, .tsv or "
+                         ".jsonl file")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise UsageError(f"{path} is not UTF-8 text (byte 0x{raw[err.start]:02x} on line {line}); save it as UTF-8 "
+                         "(e.g. iconv -f LATIN1 -t UTF-8)") from None
+
+
 def _rows_csv(path: Path, delimiter: str) -> tuple[list[str], list[dict]]:
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        rows = list(reader)
-        return list(reader.fieldnames or []), rows
+    # strict: an unterminated quote is an error (not the rest of the file read as one field), as is any
+    # other malformed quoting.
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=delimiter, strict=True)
+    rows, line = [], 1  # the line the record being read starts on
+    try:
+        for row in reader:
+            rows.append(row)
+            line = reader.line_num + 1
+    except csv.Error as err:
+        raise UsageError(f"{path}:{line}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} record ({err}); check "
+                         "its quotes (a field that opens a quote must close it)") from None
+    return list(reader.fieldnames or []), rows
 
 
 def _rows_jsonl(path: Path) -> tuple[list[str], list[dict]]:
     rows, columns = [], {}
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UsageError(f"{path}:{number} is not a JSON object ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise UsageError(f"{path}:{number} is a JSON {type(row).__name__}, expected an object per line")
-            columns.update(dict.fromkeys(row))
-            rows.append(row)
+    for number, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"{path}:{number} is not a JSON object ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise UsageError(f"{path}:{number} is a JSON {type(row).__name__}, expected an object per line")
+        columns.update(dict.fromkeys(row))
+        rows.append(row)
     return list(columns), rows
 
 
@@ -92,7 +118,7 @@ def read_examples(path: str | Path, text_column: str | None = None, label_column
     else:
         if label_column is not None:
             raise UsageError(f"{path} is plain text (one example per line); labels need a .csv, .tsv or .jsonl file")
-        texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts = [line.strip() for line in read_text(path).splitlines() if line.strip()]
         labels = None
     if not texts:
         raise UsageError(f"{path} holds no examples")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import Unavailable
+from .errors import Unavailable, UsageError
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,10 @@ def _trainer_classes():
 def tokenize_labelled(tokenizer, texts: list[str], labels: list[int], max_length: int) -> list[dict]:
     """One unpadded feature dict per example (the collator pads each batch to its own longest)."""
     encoded = tokenizer(texts, truncation=True, max_length=max_length)
+    empty = [t for t, ids in zip(texts, encoded["input_ids"]) if not ids]
+    if empty:
+        raise UsageError(f"{len(empty)} training example(s) have no tokens after tokenization, e.g. {empty[0]!r}; "
+                         "remove them from the data")
     return [{**{k: encoded[k][i] for k in encoded}, "labels": labels[i]} for i in range(len(texts))]
 
 
