@@ -43,18 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _library_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions of the library that describe the user's model or data (not bugs): one line, exit code 1."""
-    from intbert.errors import OverflowRiskError, UncalibratedError
+#: Exceptions of the library that describe the user's model or data (not bugs): one line, exit code 1. Named, not
+#: imported: importing intbert.export imports torch, and this is consulted while an exception (a Ctrl-C during
+#: torch's own import, say) is on its way out.
+LIBRARY_ERRORS = frozenset({"intbert.errors.OverflowRiskError", "intbert.errors.UncalibratedError",
+                            "intbert.export.errors.ExportError"})
 
-    errors: list[type[BaseException]] = [OverflowRiskError, UncalibratedError]
-    try:
-        from intbert.export import ExportError
 
-        errors.append(ExportError)
-    except ImportError:
-        pass
-    return tuple(errors)
+def _is_library_error(err: BaseException) -> bool:
+    return any(f"{c.__module__}.{c.__qualname__}" in LIBRARY_ERRORS for c in type(err).__mro__)
 
 
 def _fail(prog: str, message: str, code: int) -> int:
@@ -77,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("INTBERT_DEBUG") == "1"
     try:
         return args.run(args)
+    except KeyboardInterrupt:
+        return _fail(prog, "interrupted", 130)
     except (UsageError, FileNotFoundError, NotADirectoryError, MissingDataPackageError) as err:
         if debug:
             raise
@@ -85,18 +84,15 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         return _fail(prog, err, 1)
-    except _library_errors() as err:
-        if debug:
-            raise
-        return _fail(prog, f"{type(err).__name__}: {err}", 1)
     except OSError as err:
         # A place the user cannot write that no earlier check caught (the commands check their outputs first).
         if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or debug:
             raise
         return _fail(prog, f"cannot write {err.filename or ''} ({err.strerror}); choose a writable place", 2)
-    except KeyboardInterrupt:
-        return _fail(prog, "interrupted", 130)
-
+    except Exception as err:
+        if debug or not _is_library_error(err):
+            raise
+        return _fail(prog, f"{type(err).__name__}: {err}", 1)
 
 if __name__ == "__main__":
     sys.exit(main())
