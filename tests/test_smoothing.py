@@ -88,6 +88,11 @@ def float_outputs(model, family, x):
         return model(**x).last_hidden_state
 
 
+def float_hidden_states(model, family, x):
+    with torch.no_grad(), _float_forward(model, family):
+        return model(**x, output_hidden_states=True).hidden_states
+
+
 QDQ_CALIB = [qdq_batch(s) for s in (10, 11, 12)]
 IBERT_CALIB = [ibert_batch(s) for s in (10, 11, 12)]
 
@@ -105,6 +110,10 @@ def test_qdqbert_smoothing_leaves_the_float_model_unchanged(alpha):
     x = qdq_batch(5)
     torch.testing.assert_close(float_outputs(smoothed, "qdqbert", x), float_outputs(model, "qdqbert", x),
                                rtol=0, atol=FLOAT_ATOL)
+    # Every layer's output is reported on its true values, not divided by the next layer's factor.
+    for got, expected in zip(float_hidden_states(smoothed, "qdqbert", x), float_hidden_states(model, "qdqbert", x),
+                             strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=FLOAT_ATOL)
     # ... and something did change: the LayerNorm weights carry the factors.
     assert not torch.equal(smoothed.embeddings.LayerNorm.weight, model.embeddings.LayerNorm.weight)
 
@@ -120,6 +129,9 @@ def test_ibert_smoothing_leaves_the_float_model_unchanged(quant):
     with torch.no_grad():
         expected = reference(**x).last_hidden_state
     torch.testing.assert_close(got[keep], expected[keep], rtol=0, atol=FLOAT_ATOL)
+    for got, expected in zip(float_hidden_states(model, "ibert", x), float_hidden_states(reference, "ibert", x),
+                             strict=True):
+        torch.testing.assert_close(got[keep], expected[keep], rtol=0, atol=FLOAT_ATOL)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -243,7 +255,26 @@ def test_smoothed_ibert_freezes_integer_only_and_bit_exact(backend):
         x = ibert_batch(seed)
         real = x["attention_mask"].bool() if backend == "native" else None
         with torch.no_grad():
-            _outputs_equal(model(**x), frozen(**x), real)
+            _outputs_equal(model(**x, output_hidden_states=True), frozen(**x, output_hidden_states=True), real)
+    # ... and the reported hidden states are the true ones (the float model's, up to quantization), not y / s.
+    with torch.no_grad():
+        states = frozen(**x, output_hidden_states=True).hidden_states
+    expected = float_hidden_states(ibert_model(quant=False, plant=True), "ibert", x)
+    keep = x["attention_mask"].bool()
+    for got, want in zip(states[:-1], expected[:-1], strict=True):
+        assert ((got - want)[keep] ** 2).sum() < 0.05 * (want[keep] ** 2).sum()
+
+
+def test_smoothed_frozen_ibert_saves_and_loads_back(tmp_path):
+    model = ibert_model(plant=True)
+    intbert.smooth(model, IBERT_CALIB)
+    intbert.calibrate(model, IBERT_CALIB)
+    frozen = freeze(model, backend="reference")
+    frozen.save_pretrained(tmp_path)
+    loaded = intbert.FrozenIBert.from_pretrained(tmp_path, backend="reference")
+    x = ibert_batch(5)
+    with torch.no_grad():
+        _outputs_equal(frozen(**x, output_hidden_states=True), loaded(**x, output_hidden_states=True))
 
 
 @pytest.mark.parametrize("placement", ["float_skip", "reference"])

@@ -258,6 +258,17 @@ def _layer(layer, rec: _ScaleRecorder, i: int, config) -> IntLayer:
     )
 
 
+def _report_true_hidden_states(base: IBertModel, embeddings: IntEmbeddings, layers: list[IntLayer]) -> None:
+    """A smoothed model (intbert.smooth) carries the hidden states entering layer i divided by that layer's
+    ``attention.output.smooth_scale``; the boundary's dequantization scale becomes S * s_c, computed as the
+    simulation's encoder computes it, so ``output_hidden_states`` gives the same true values bit for bit."""
+    boundaries = [embeddings.out] + [layer.output_out for layer in layers[:-1]]
+    for requant, layer in zip(boundaries, base.encoder.layer):
+        factor = layer.attention.output.smooth_scale
+        if factor is not None:
+            requant.register_buffer("scale", (requant.scale * factor.to(requant.scale)).contiguous())
+
+
 def integer_encoder(base: IBertModel, backend: str | None = None) -> IntegerIBertModel:
     """The integer twin of a calibrated quant-mode IBertModel (the pooler is copied, float)."""
     config = base.config
@@ -277,6 +288,7 @@ def integer_encoder(base: IBertModel, backend: str | None = None) -> IntegerIBer
             layers = [_layer(layer, rec, i, config) for i, layer in enumerate(base.encoder.layer)]
     finally:
         base.train(was_training)
+    _report_true_hidden_states(base, embeddings, layers)
     pooler = copy.deepcopy(base.pooler) if base.pooler is not None else None
     integer = IntegerIBertModel(copy.deepcopy(config), embeddings, layers, pooler, backend)
     # The loader's bounds, on what was built: a frozen model always loads back (one definition of each bound).

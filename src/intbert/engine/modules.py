@@ -124,7 +124,9 @@ class IntLinear(_Constants):
 class Requant(_Constants):
     """y = clamp(round_half_up(q * m / 2^e), -2^(bits-1), 2^(bits-1)-1) for |q| < 2^input_bits.
 
-    ``scale`` (float32) is the output's scale, kept only to dequantize at the ends of the encoder.
+    ``scale`` (float32) is the output's scale, kept only to dequantize at the ends of the encoder: (1,), or (C,) at a
+    layer boundary of a smoothed model (``intbert.smooth``), whose integers stand for the hidden states divided by the
+    smoothing factor of the next layer, so that ``output_hidden_states`` gives their true values.
     """
 
     BUFFERS, SPEC = ("m", "e", "scale"), ("bits", "input_bits")
@@ -139,13 +141,14 @@ class Requant(_Constants):
         return storage_dtype(self.bits)
 
     def validate(self, where: str, channels: int, error: type[Exception] = CheckpointIntegrityError) -> None:
-        """m in [0, 2^31) and e in [0, 63] (int64, ``channels`` of each), a positive finite float32 scale (1,),
-        output bits in [2, 32], input bits in [1, 47]."""
+        """m in [0, 2^31) and e in [0, 63] (int64, ``channels`` of each), a positive finite float32 scale (1,) (or
+        (channels,): a smoothed boundary), output bits in [2, 32], input bits in [1, 47]."""
         _check_tensor(self.m, f"{where}.m", torch.int64, (channels,), error)
         _check_tensor(self.e, f"{where}.e", torch.int64, (channels,), error)
         _check_range(self.m, f"{where}.m", 0, 2**intops.DYADIC_MANTISSA_BITS - 1, error)
         _check_range(self.e, f"{where}.e", 0, intops.DYADIC_MAX_SHIFT, error)
-        _check_tensor(self.scale, f"{where}.scale", torch.float32, (1,), error)
+        scale_shape = (channels,) if channels > 1 and self.scale.numel() == channels else (1,)
+        _check_tensor(self.scale, f"{where}.scale", torch.float32, scale_shape, error)
         _require(bool(torch.isfinite(self.scale).all()) and bool((self.scale > 0).all()), f"{where}.scale",
                  f"{self.scale.tolist()} is not a positive number", error)
         _require(2 <= self.bits <= 32, f"{where}.spec", f"output bits {self.bits} outside [2, 32]", error)

@@ -340,11 +340,21 @@ class IBertEncoder(nn.Module):
         self.quant_mode = config.quant_mode
         self.layer = nn.ModuleList([IBertLayer(config) for _ in range(config.num_hidden_layers)])
 
+    def _reported(self, hidden_states, s, i: int):
+        """The hidden states entering layer ``i`` on their true values: a smoothed model carries them divided by
+        that layer's ``attention.output.smooth_scale`` (intbert.smooth); integers * (S * s_c), as the engine does."""
+        factor = self.layer[i].attention.output.smooth_scale if i < len(self.layer) else None
+        if factor is None:
+            return hidden_states
+        if s is None:
+            return hidden_states * factor
+        return ints_of(hidden_states, s).to(hidden_states.dtype) * (s * factor)
+
     def forward(self, hidden_states, hidden_states_scaling_factor, attention_mask=None, head_mask=None,
                 output_attentions=False, output_hidden_states=False):
-        all_hidden = (hidden_states,) if output_hidden_states else None
-        all_attn = () if output_attentions else None
         s = hidden_states_scaling_factor
+        all_hidden = (self._reported(hidden_states, s, 0),) if output_hidden_states else None
+        all_attn = () if output_attentions else None
         for i, layer in enumerate(self.layer):
             # Each layer gets the scale of the previous layer's output (fix (a), tf#26738: the port
             # passes the embeddings' scale to every layer).
@@ -352,7 +362,7 @@ class IBertEncoder(nn.Module):
                 hidden_states, s, attention_mask, None if head_mask is None else head_mask[i], output_attentions
             )
             if output_hidden_states:
-                all_hidden = all_hidden + (hidden_states,)
+                all_hidden = all_hidden + (self._reported(hidden_states, s, i + 1),)
             if output_attentions:
                 all_attn = all_attn + (probs,)
         return hidden_states, s, all_hidden, all_attn

@@ -423,6 +423,12 @@ class QDQBertEncoder(nn.Module):
         self.layer = nn.ModuleList([QDQBertLayer(config, layer_idx=i) for i in range(config.num_hidden_layers)])
         self.gradient_checkpointing = False
 
+    def _reported(self, hidden_states: torch.Tensor, i: int) -> torch.Tensor:
+        """The hidden states entering layer ``i`` on their true values: a smoothed model carries them divided by that
+        layer's ``attention.output.smooth_scale`` (intbert.smooth folds it into the LayerNorm that made them)."""
+        factor = self.layer[i].attention.output.smooth_scale if i < len(self.layer) else None
+        return hidden_states if factor is None else hidden_states * factor
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -434,7 +440,7 @@ class QDQBertEncoder(nn.Module):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
     ) -> BaseModelOutputWithPastAndCrossAttentions:
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_hidden_states = (self._reported(hidden_states, 0),) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         all_cross = () if output_attentions and self.config.add_cross_attention else None
         for i, layer in enumerate(self.layer):
@@ -447,7 +453,7 @@ class QDQBertEncoder(nn.Module):
                 past_key_values,
             )
             if output_hidden_states:
-                all_hidden_states += (hidden_states,)
+                all_hidden_states += (self._reported(hidden_states, i + 1),)
             if output_attentions:
                 all_attentions += (self_probs,)
                 if all_cross is not None:
