@@ -12,18 +12,21 @@
 //   C[i][j] += sum_{q < KB/4} sum_{b < 4} A[i][4q + b] * B[q][4j + b]
 // so B row q holds, for column j, the four bytes W[j][4q .. 4q + 3]: the "VNNI" 4-byte interleave.
 //
-// Packed layout (pack_b_amx): Kp = K rounded up to KB (zero past K), steps = Kp / KB; columns in blocks
-// of 16 (zero columns past N), blocks in pairs. The tile of column block c and step s (T = 16 * KB bytes:
-// KB/4 rows of 64 bytes, row q = W[16c + j][s*KB + 4q + b] at byte 4j + b) lies at
+// Packed layout: gemm_avx512's "VNNI tiles" (pack_b_amx is pack_b_avx512): Kp = K rounded up to KB
+// (zero past K), steps = Kp / KB; columns in blocks of 16 (zero columns past N), blocks in pairs. The tile
+// of column block c and step s (T = 16 * KB bytes: KB/4 rows of 64 bytes, row q = W[16c + j][s*KB + 4q + b]
+// at byte 4j + b) lies at
 //   (c & ~1) * steps * T + (s * w + (c & 1)) * T,   w = 2 for a full pair, 1 for a lone last block,
-// so the two B tiles a step needs are adjacent and a pair's panel is one contiguous stream.
+// so the two B tiles a step needs are adjacent and a pair's panel is one contiguous stream. The VNNI
+// compensation array after the tiles is not used here (tdpbssd takes int8 A as it is). Sharing the layout
+// lets gemm_amx hand problems too small to repay a tile configuration to gemm_avx512.
 //
 // Tails, without copies in the inner loop:
 //   * M: the last row block's A and C tiles are configured with its rows, so tile loads and stores
 //     touch exactly the rows that exist;
 //   * N: the last column block's B and C tiles are configured with its columns, likewise;
-//   * K: the last, partial step is copied once per call into a zero-padded scratch of 64-byte rows on
-//     the stack (the B bytes past K are zero, so the padding adds nothing).
+//   * K: the last, partial step is copied once per 128-row chunk into a zero-padded scratch of 64-byte
+//     rows on the stack (the B bytes past K are zero, so the padding adds nothing).
 // A tile store is never read back by vector loads: that stalls until the store completes (measured:
 // storing every C tile to a scratch and copying it out halved the speed).
 //
@@ -35,6 +38,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "gemm.h"
 #include "kernels.h"
 
 namespace intbert {
@@ -43,7 +47,7 @@ static const int64_t kAmxMC = 128;  // rows per chunk: its 32-row blocks share e
 
 static inline int64_t ceil_div_amx(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// K step of the tiles: 64, or K rounded up to 4 when K <= 64.
+// K step of the tiles: 64, or K rounded up to 4 when K <= 64 (VnniTiles::kb in gemm_avx512.cpp: the layout).
 static inline int64_t step_bytes_amx(int64_t k) { return k < 64 ? ceil_div_amx(k, 4) * 4 : 64; }
 
 // The 64-byte LDTILECFG operand (Intel SDM, "TILECFG"): palette, start row, 14 reserved bytes,
@@ -85,52 +89,12 @@ static void configure_amx(int rows, int64_t kb, int cols0, int cols1) {
   if (memcmp(&current, &cfg, sizeof cfg) != 0) _tile_loadconfig(&cfg);
 }
 
-// One 64-byte tile row: byte 4c + i = W[j0 + c][t0 + i] for c < 16, i < 4 (zero outside N x K).
-// Fast paths for the two views the engine packs per call: rows of K (stride_k = 1) and V^T
-// (stride_n = 1: four source rows of 16 columns, interleaved bytewise).
-static void pack_unit_amx(int8_t* dst, const int8_t* w, int64_t n, int64_t k, int64_t sn, int64_t sk, int64_t j0,
-                          int64_t t0) {
-  if (j0 + 16 <= n && t0 + 4 <= k) {
-    if (sk == 1) {
-      for (int c = 0; c < 16; ++c) memcpy(dst + 4 * c, w + (j0 + c) * sn + t0, 4);
-      return;
-    }
-    if (sn == 1) {
-      const int8_t* s = w + j0 + t0 * sk;
-      const __m128i x0 = _mm_loadu_si128((const __m128i*)s), x1 = _mm_loadu_si128((const __m128i*)(s + sk));
-      const __m128i x2 = _mm_loadu_si128((const __m128i*)(s + 2 * sk)),
-                    x3 = _mm_loadu_si128((const __m128i*)(s + 3 * sk));
-      // 16-bit lane c of lo01 = (x0[c], x1[c]); then 32-bit lane c = (x0[c], x1[c], x2[c], x3[c]).
-      const __m128i lo01 = _mm_unpacklo_epi8(x0, x1), hi01 = _mm_unpackhi_epi8(x0, x1);
-      const __m128i lo23 = _mm_unpacklo_epi8(x2, x3), hi23 = _mm_unpackhi_epi8(x2, x3);
-      _mm_storeu_si128((__m128i*)dst, _mm_unpacklo_epi16(lo01, lo23));
-      _mm_storeu_si128((__m128i*)(dst + 16), _mm_unpackhi_epi16(lo01, lo23));
-      _mm_storeu_si128((__m128i*)(dst + 32), _mm_unpacklo_epi16(hi01, hi23));
-      _mm_storeu_si128((__m128i*)(dst + 48), _mm_unpackhi_epi16(hi01, hi23));
-      return;
-    }
-  }
-  for (int c = 0; c < 16; ++c)
-    for (int i = 0; i < 4; ++i)
-      dst[4 * c + i] = (j0 + c < n && t0 + i < k) ? w[(j0 + c) * sn + (t0 + i) * sk] : 0;
-}
-
-size_t packed_b_bytes_amx(int64_t n, int64_t k) {
-  const int64_t kb = step_bytes_amx(k);
-  return size_t(ceil_div_amx(n, 16) * 16 * ceil_div_amx(k, kb) * kb);
-}
+// The layout is the one gemm_avx512 reads too (VNNI tiles, see gemm_avx512.cpp): AMX loads its tiles
+// as they are and ignores the compensation array at the end.
+size_t packed_b_bytes_amx(int64_t n, int64_t k) { return packed_b_bytes_avx512(n, k); }
 
 void pack_b_amx(const int8_t* w, int64_t n, int64_t k, int64_t stride_n, int64_t stride_k, void* dst) {
-  const int64_t kb = step_bytes_amx(k), steps = ceil_div_amx(k, kb), tile = 16 * kb;
-  const int64_t blocks = ceil_div_amx(n, 16);
-  int8_t* out = static_cast<int8_t*>(dst);
-  for (int64_t c = 0; c < blocks; ++c) {
-    const int64_t width = (c | 1) < blocks ? 2 : 1;
-    for (int64_t s = 0; s < steps; ++s) {
-      int8_t* t = out + (c & ~int64_t(1)) * steps * tile + (s * width + (c & 1)) * tile;
-      for (int64_t q = 0; q < kb / 4; ++q) pack_unit_amx(t + 64 * q, w, n, k, stride_n, stride_k, 16 * c, s * kb + 4 * q);
-    }
-  }
+  pack_b_avx512(w, n, k, stride_n, stride_k, dst);
 }
 
 // One 32 x 32 (ROWS2: 32 rows, else 16; COLS2: 32 columns, else 16) output block over all K steps.
@@ -180,8 +144,8 @@ static const BlockAmx kBlocksAmx[2][2][2] = {
     {{block_amx<true, false, false>, block_amx<true, false, true>},
      {block_amx<true, true, false>, block_amx<true, true, true>}}};
 
-void gemm_amx(const void* packed, int64_t n, int64_t k, const void* a, int a_unsigned, int64_t lda, int64_t m,
-              int32_t* acc, int64_t ld_acc) {
+void gemm_amx_tiles(const void* packed, int64_t n, int64_t k, const void* a, int a_unsigned, int64_t lda, int64_t m,
+                    int32_t* acc, int64_t ld_acc) {
   if (m <= 0) return;
   const int64_t kb = step_bytes_amx(k), tile = 16 * kb;
   const int64_t full_steps = k / kb, tail_bytes = k - full_steps * kb;  // tail: 0 .. kb-1 bytes of a last step
@@ -229,6 +193,28 @@ void gemm_amx(const void* packed, int64_t n, int64_t k, const void* a, int a_uns
   // No TILERELEASE: the next call on this thread usually needs the same configuration, and keeping it
   // saves the reload (small attention heads are a few hundred ns per call). The cost is that this
   // thread's tile state stays in use (saved and restored at context switches, 8 KiB).
+}
+
+// Tile configurations a call of gemm_amx_tiles loads: one per (row block kind) x (column pair kind),
+// where the kinds are full (32 rows; two blocks of 16 columns) and the tails (m % 32; n % 32).
+static int64_t configurations_amx(int64_t m, int64_t n) {
+  const int64_t row_kinds = (m >= 32 ? 1 : 0) + (m % 32 ? 1 : 0), col_kinds = (n >= 32 ? 1 : 0) + (n % 32 ? 1 : 0);
+  return row_kinds * col_kinds;
+}
+
+// Multiply-adds gemm_avx512 does in the time one LDTILECFG costs, net of the tiles' higher rate, and its
+// own fixed cost, from attention heads timed both ways (QK^T and PV alternating, L = 1..128, d = 32, 64):
+// LDTILECFG about 70 ns; vpdpbusd at ~300 G multiply-adds/s against ~1500 on small tiles.
+static const int64_t kMacsPerConfiguration = 26000, kMacsVnniOverhead = 7500;
+
+void gemm_amx(const void* packed, int64_t n, int64_t k, const void* a, int a_unsigned, int64_t lda, int64_t m,
+              int32_t* acc, int64_t ld_acc) {
+  // A small problem costs more in tile configuration than in multiply-adds: VNNI on the same layout.
+  if (m * n * k < configurations_amx(m, n) * kMacsPerConfiguration - kMacsVnniOverhead) {
+    gemm_avx512(packed, n, k, a, a_unsigned, lda, m, acc, ld_acc);
+    return;
+  }
+  gemm_amx_tiles(packed, n, k, a, a_unsigned, lda, m, acc, ld_acc);
 }
 
 }  // namespace intbert

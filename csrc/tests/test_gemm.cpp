@@ -19,7 +19,9 @@
 //   * the AVX2 saturation trap: A = 255 with W = 127 / -128 makes u8 x s8 vpmaddubsw pair sums saturate
 //     (2 * 255 * 127 = 64770 > 32767); the test first shows that a saturating model gives a different
 //     answer on that input, then that gemm_avx2 gives the exact one;
-//   * two threads running the same kernels at once (AMX tile state is per thread).
+//   * two threads running the same kernels at once (AMX tile state is per thread);
+//   * gemm_amx both as the engine calls it (small problems go to gemm_avx512 on the same layout) and
+//     as gemm_amx_tiles (csrc/gemm.h: always the tiles), so the tile code meets every size as well.
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +32,7 @@
 #include <thread>
 #include <vector>
 
+#include "gemm.h"
 #include "kernels.h"
 
 using namespace intbert;
@@ -49,6 +52,8 @@ const IsaGemm kIsas[] = {
     {"avx2", ISA_AVX2, packed_b_bytes_avx2, pack_b_avx2, gemm_avx2},
     {"avx512", ISA_AVX512, packed_b_bytes_avx512, pack_b_avx512, gemm_avx512},
     {"amx", ISA_AMX, packed_b_bytes_amx, pack_b_amx, gemm_amx},
+    // gemm_amx hands small problems to gemm_avx512; this entry always runs the tiles.
+    {"amx_tiles", ISA_AMX, packed_b_bytes_amx, pack_b_amx, gemm_amx_tiles},
 };
 
 uint64_t g_state = 0x9E3779B97F4A7C15ull;
