@@ -188,6 +188,64 @@ def test_export_overwrite_replaces_only_after_the_check_passes(qdq, tmp_path, ca
     assert target.read_bytes()[:2] != b"an" and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
+DEAD_PID = 2**22 + 12345  # above Linux's default pid_max: no process has it
+
+
+def _quantize_qdq(cls: Path, calib: Path, out: Path, *extra) -> int:
+    return cli("quantize", cls, "--scheme", "qdq", "--method", "max", "--calib-data", calib, "--out", out, *extra)[0]
+
+
+def test_overwrite_that_fails_mid_swap_puts_the_old_model_back(cls, calib, tmp_path, monkeypatch):
+    """The second rename of the swap fails (as a crash there would leave it): the old folder is back in place,
+    not left under a hidden name with --out missing."""
+    out = tmp_path / "q"
+    assert _quantize_qdq(cls, calib, out) == 0
+    before = (out / "quantization_report.json").read_text()
+    try:
+        import intbert.atomic
+
+        monkeypatch.setattr(intbert.atomic, "_exchange", lambda a, b: False)  # force the two-rename path
+    except ImportError:
+        pass
+    real_rename, real_replace = os.rename, os.replace
+
+    def failing(move):
+        def patched(src, dst, *args, **kwargs):
+            if Path(dst) == out and "old" not in Path(src).name:
+                raise OSError(5, "Input/output error (injected)", str(dst))
+            return move(src, dst, *args, **kwargs)
+        return patched
+
+    monkeypatch.setattr(os, "rename", failing(real_rename))
+    monkeypatch.setattr(os, "replace", failing(real_replace))
+    with pytest.raises(OSError, match="injected"):
+        _quantize_qdq(cls, calib, out, "--overwrite", "--seed", "1")
+    monkeypatch.undo()
+    assert (out / "quantization_report.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]  # no hidden folders left behind
+
+
+def test_a_folder_left_hidden_by_a_killed_swap_is_found_again(cls, calib, tmp_path, capsys):
+    """kill -9 between the two renames of an --overwrite: the model sits under a hidden name and --out is gone.
+    The next command that reads (or writes) the folder puts it back."""
+    out = tmp_path / "q"
+    assert _quantize_qdq(cls, calib, out) == 0
+    out.rename(tmp_path / f".q.intbert-old-{DEAD_PID}-abcd")
+    code, text, err = cli("eval", out, "--data", calib, capsys=capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
+
+
+def test_staging_folders_of_killed_runs_are_removed_by_the_next_save(cls, calib, tmp_path):
+    out = tmp_path / "q"
+    assert _quantize_qdq(cls, calib, out) == 0
+    stale = tmp_path / f".q.intbert-new-{DEAD_PID}-abcd"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half a model")
+    assert _quantize_qdq(cls, calib, out, "--overwrite") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
+
+
 # --------------------------------------------------------------------------------------------------
 # 3. one line, exit code 2, for every user mistake
 # --------------------------------------------------------------------------------------------------

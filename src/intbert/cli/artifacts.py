@@ -5,16 +5,15 @@ transformers ``save_pretrained`` of the calibrated model otherwise), the tokeniz
 ``quantization_report.json``. The report's ``format`` says how to load the weights, and its ``source`` names
 the float checkpoint that ``eval`` and ``bench`` compare against.
 
-Writing goes to a hidden folder beside the target that is renamed into place at the end, so an
-interrupted run never leaves a half-written model (an existing target is only replaced with --overwrite).
+Writing goes to a hidden folder beside the target that replaces it in one step at the end (an existing target
+only with --overwrite), so an interrupted run never leaves a half-written model, nor a missing one: the hidden
+folders of a killed run are removed, or restored in place of a target they had replaced, by the next write
+or read of that folder (``intbert.atomic``).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,23 +32,16 @@ FORMATS = {"frozen": "I-BERT, frozen integer engine", "simulation": "I-BERT, cal
 
 
 def write_model_dir(out: Path, model: nn.Module, tokenizer, report: dict, overwrite: bool) -> Path:
-    """Save ``model`` (frozen or transformers), ``tokenizer`` and ``report`` to ``out`` in one rename."""
+    """Save ``model`` (frozen or transformers), ``tokenizer`` and ``report`` to ``out`` as one step a reader sees
+    whole (``intbert.atomic.replace_directory``: an existing ``out`` is swapped with the complete new folder,
+    or restored if the swap fails; a mount point is filled in place, the report last)."""
+    from intbert.atomic import replace_directory
+
     check_output_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with replace_directory(out, last=(REPORT_NAME,)) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / REPORT_NAME).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(staging, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

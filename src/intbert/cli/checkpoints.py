@@ -94,6 +94,10 @@ def inspect_checkpoint(path: str | Path) -> Checkpoint:
     """Family, head and report of a checkpoint folder; a missing or unreadable folder is a UsageError."""
     path = Path(path)
     if not path.exists():
+        from intbert.atomic import clean_stale
+
+        clean_stale(path)  # a save killed mid-swap left the folder under a hidden name: put it back
+    if not path.exists():
         raise UsageError(f"{path}: no such directory")
     if not path.is_dir():
         raise UsageError(f"{path} is a file; give a checkpoint directory (config.json and weights)")

@@ -18,9 +18,7 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -118,14 +116,11 @@ def fine_tune(settings: DemoSettings, base: Path, train: Examples, out: Path) ->
                            max_length=settings.max_length, max_steps=settings.max_steps, seed=settings.seed,
                            freeze_embeddings=True)
     train_classifier(model, tokenizer, train.texts, labels, recipe, settings.progress)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    from intbert.atomic import replace_directory
+
+    with replace_directory(out) as staging:  # appears whole or not at all: a killed run is retrained, never half-read
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        os.replace(staging, out)  # appears whole or not at all: a killed run is retrained, never half-read
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out, False
 
 

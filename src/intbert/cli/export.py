@@ -96,9 +96,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         batches = synthetic_batches(model.config)
     # Exported and checked under a hidden name beside --onnx, then renamed over it: an export that fails its check,
-    # or a run that is interrupted, leaves the old file (if any) as it was.
+    # or a run that is interrupted, leaves the old file (if any) as it was. The name is intbert.atomic's, so the
+    # staging folder of a killed run is removed by the next export to the same path.
+    from intbert.atomic import TAG, clean_stale
+
     args.onnx.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{args.onnx.name}.intbert-new-{os.getpid()}-", dir=args.onnx.parent))
+    clean_stale(args.onnx)
+    staging = Path(tempfile.mkdtemp(prefix=f".{args.onnx.name}.{TAG}-new-{os.getpid()}-", dir=args.onnx.parent))
     try:
         staged = staging / args.onnx.name
         result = deploy.export_onnx(model, staged, args.target)
