@@ -9,7 +9,7 @@
 // `block` rows (64, as rows_per_task), each gemm writing a block-sized int32 buffer reused across blocks.
 // Attention shapes time one head: QK^T (M = N = L, K = d, int8 A) and PV (M = L, N = d, K = L,
 // uint8 A), both with and without packing the head's K / V^T, which the engine does per call.
-// GOPS = 2 * M * N * K / seconds of thread CPU time (the best of 10 runs of >= 50 ms each).
+// GOPS = 2 * M * N * K / seconds of thread CPU time (best_seconds).
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,23 +52,25 @@ void* aligned(size_t bytes) {
   return p;
 }
 
+// Seconds per call of f: the best of 10 batches of >= 20 ms. The batch size is fixed first, so the
+// clock (a system call for thread CPU time, about 0.3 us) is read twice per batch, not per call.
 template <class F>
-double best_seconds(F f, double ops, bool slow) {
+double best_seconds(F f, bool slow) {
   f();  // warm-up
-  double best = 1e30;
-  const int runs = slow ? 1 : 10;
-  for (int r = 0; r < runs; ++r) {
-    int64_t reps = 0;
+  int64_t reps = 1;
+  for (;;) {
     const double t0 = now();
-    double t = 0;
-    do {
-      f();
-      ++reps;
-      t = now() - t0;
-    } while (t < 0.05);
-    if (t / double(reps) < best) best = t / double(reps);
+    for (int64_t i = 0; i < reps; ++i) f();
+    if (now() - t0 >= (slow ? 0.005 : 0.02)) break;
+    reps *= 2;
   }
-  (void)ops;
+  double best = 1e30;
+  for (int r = 0; r < (slow ? 1 : 10); ++r) {
+    const double t0 = now();
+    for (int64_t i = 0; i < reps; ++i) f();
+    const double t = (now() - t0) / double(reps);
+    if (t < best) best = t;
+  }
   return best;
 }
 
@@ -91,7 +93,7 @@ void linear(const IsaGemm& isa, const char* label, int64_t m, int64_t k, int64_t
         for (int64_t r0 = 0; r0 < m; r0 += block)
           isa.gemm(packed, n, k, x.data() + r0 * k, 0, k, m - r0 < block ? m - r0 : block, acc, n);
       },
-      ops, isa.level == ISA_SCALAR);
+      isa.level == ISA_SCALAR);
   printf("%-7s %-28s M=%-5lld K=%-5lld N=%-5lld %9.1f GOPS  %9.3f ms\n", isa.name, label, (long long)m, (long long)k,
          (long long)n, ops / s * 1e-9, s * 1e3);
   free(packed);
@@ -115,20 +117,20 @@ void attention(const IsaGemm& isa, int64_t L, int64_t d) {
   isa.pack(v.data(), d, L, 1, ld, vp);
   const double ops = 2.0 * double(L) * double(L) * double(d);
   const bool slow = isa.level == ISA_SCALAR;
-  const double qk = best_seconds([&] { isa.gemm(kp, L, d, q.data(), 0, ld, L, scores, L); }, ops, slow);
-  const double pv = best_seconds([&] { isa.gemm(vp, d, L, p.data(), 1, L, L, ctx, d); }, ops, slow);
+  const double qk = best_seconds([&] { isa.gemm(kp, L, d, q.data(), 0, ld, L, scores, L); }, slow);
+  const double pv = best_seconds([&] { isa.gemm(vp, d, L, p.data(), 1, L, L, ctx, d); }, slow);
   const double qk_pack = best_seconds(
       [&] {
         isa.pack(kk.data(), L, d, ld, 1, kp);
         isa.gemm(kp, L, d, q.data(), 0, ld, L, scores, L);
       },
-      ops, slow);
+      slow);
   const double pv_pack = best_seconds(
       [&] {
         isa.pack(v.data(), d, L, 1, ld, vp);
         isa.gemm(vp, d, L, p.data(), 1, L, L, ctx, d);
       },
-      ops, slow);
+      slow);
   printf("%-7s attention L=%-4lld d=%-3lld  QK^T %8.1f GOPS (%8.1f with pack)  PV %8.1f GOPS (%8.1f with pack)  "
          "%8.2f us/head with packs\n",
          isa.name, (long long)L, (long long)d, ops / qk * 1e-9, ops / qk_pack * 1e-9, ops / pv * 1e-9,
