@@ -96,7 +96,10 @@ def test_compiled_path_is_exercised_here():
 
 def test_backend_choice_by_device_and_refusals():
     cpu = torch.device("cpu")
-    assert default_backend_name(cpu) == ("cpu" if ort_gemm.ort_available() else "reference")
+    from intbert.engine.backends import native
+
+    fallback = "cpu" if ort_gemm.ort_available() else "reference"
+    assert default_backend_name(cpu) == ("native" if native.native_available() else fallback)
     assert resolve_backend("reference", cpu).name == "reference"
     with pytest.raises(ValueError, match="cannot run on cpu"):
         resolve_backend("cuda", cpu)

@@ -16,6 +16,7 @@ Threads: one native pool for the whole forward, sized to ``torch.get_num_threads
 from __future__ import annotations
 
 import contextlib
+from types import SimpleNamespace
 
 import torch
 
@@ -206,7 +207,8 @@ class NativeBackend(ReferenceBackend):
             first = pairs[0][1]
             m = torch.cat([self._channels(rq.m, l.weight.shape[0], "requant m") for l, rq in pairs])
             e = torch.cat([self._channels(rq.e, l.weight.shape[0], "requant e") for l, rq in pairs])
-            rq = Requant(m, e, torch.ones(1), first.bits, first.input_bits)
+            # Only what the kernels read (a Requant would also build a float scale: no float op in the encoder).
+            rq = SimpleNamespace(m=m, e=e, bits=first.bits, input_bits=first.input_bits)
             entry = self._consts[key] = (sources, (stacked, rq))
         return entry[1]
 
