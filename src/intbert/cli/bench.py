@@ -86,7 +86,8 @@ def add_parser(commands) -> None:
     p.add_argument("--batch-sizes", type=int_list, default=[1, 8, 32], metavar="N,N,...",
                    help="batch sizes (default: 1,8,32)")
     p.add_argument("--seq-len", type=positive_int, default=128, metavar="N", help="tokens per input (default: 128)")
-    p.add_argument("--warmup", type=non_negative_int, default=2, metavar="N", help="untimed calls per setting (default: 2)")
+    p.add_argument("--warmup", type=non_negative_int, default=2, metavar="N",
+                   help="untimed calls per setting (default: 2)")
     p.add_argument("--iters", type=positive_int, default=10, metavar="N", help="timed calls per setting (default: 10)")
     p.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads (default: torch's)")
     p.add_argument("--onnx", type=Path, metavar="PATH", help="time this exported file (from intbert export "

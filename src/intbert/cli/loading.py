@@ -121,8 +121,9 @@ def load_tokenizer(path: Path):
             try:
                 json.loads(file.read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as bad:
-                raise UsageError(f"cannot load a tokenizer from {path}: {file.name} is not valid JSON "
-                                 f"({getattr(bad, 'msg', 'not UTF-8')}); repair it or save the tokenizer again") from None
+                why = getattr(bad, "msg", "not UTF-8")
+                raise UsageError(f"cannot load a tokenizer from {path}: {file.name} is not valid JSON ({why}); "
+                                 "repair it or save the tokenizer again") from None
         raise UsageError(f"cannot load a tokenizer from {path} ({str(err).splitlines()[0]}); "
                          "copy the tokenizer files (tokenizer.json, vocab) next to its config.json") from None
 
