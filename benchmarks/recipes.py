@@ -114,7 +114,8 @@ def main() -> None:
 
     families = ("qdqbert", "ibert") if args.family == "both" else (args.family,)
     rows, graphs, engines = [], {}, {}
-    folder = tempfile.mkdtemp(prefix="intbert-recipes-")
+    scratch = tempfile.TemporaryDirectory(prefix="intbert-recipes-")  # ONNX files, removed at exit
+    folder = scratch.name
     for (family, name), recipe in RECIPES.items():
         if family not in families or (args.recipes and name not in args.recipes):
             continue

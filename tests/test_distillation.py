@@ -11,7 +11,7 @@ import intbert
 from intbert.models.ibert.quant_modules import QuantAct
 from intbert.quantization import TensorQuantizer
 
-from test_smoothing import IBERT_CALIB, QDQ_CALIB, float_outputs, ibert_batch, ibert_model, qdq_batch, qdq_model
+from test_smoothing import IBERT_CALIB, QDQ_CALIB, ibert_batch, ibert_model, qdq_batch, qdq_model
 
 
 class _FloatTeacher(torch.nn.Module):

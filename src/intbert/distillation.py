@@ -14,8 +14,8 @@ What trains and what stays: the weights and biases train (straight-through gradi
 integer op). The activation ranges stay as calibrated: QDQBERT's amax values, I-BERT's QuantAct ranges and
 LayerNorm shifts (their modules run in eval mode, so I-BERT's EMA range update is off; ``freeze_ranges=False`` lets
 it run, as the reference QAT does). Weight ranges follow the weights: I-BERT requantizes its weights per row at every
-step anyway, and QDQBERT's weight amax is set to the per-row max again after every step (``recalibrate_weights``). Dropout is off: the student should match the teacher,
-not a noisy copy of it.
+step anyway, and QDQBERT's weight amax is set to the per-row max again after every step (``recalibrate_weights``).
+Dropout is off: the student should match the teacher, not a noisy copy of it.
 """
 
 from __future__ import annotations

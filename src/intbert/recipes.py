@@ -1,4 +1,4 @@
-"""Named post-training quantization recipes: where the quantizers sit, whether outliers are smoothed, how ranges are set.
+"""Named post-training quantization recipes: where the quantizers sit, whether outliers are smoothed, the ranges.
 
 One call quantizes a freshly loaded QDQBERT or I-BERT model by name::
 

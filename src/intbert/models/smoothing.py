@@ -23,9 +23,9 @@ Sites (each smoothed tensor, with its own ``s``; see ``intbert.quantization.smoo
     residual requantization, so the frozen engine stays integer-only with no new operation.
 
 * an **activation site**: each ``intermediate`` (the GELU output, read by ``output.dense`` only). A GELU absorbs no
-  factor, so the output is divided by ``smooth_scale = s`` explicitly (QDQBERT: a Div before the Q/DQ pair; I-BERT:
-  another per-channel scale that the 8-bit requantization's per-channel multiplier absorbs) and ``output.dense``'s
-  columns are multiplied by ``s``.
+  factor, so the output is divided by ``smooth_scale = s`` explicitly (QDQBERT: a Mul by 1/s before the Q/DQ pair;
+  I-BERT: another per-channel scale that the 8-bit requantization's per-channel multiplier absorbs) and
+  ``output.dense``'s columns are multiplied by ``s``.
 
 The attention output projection's input (the context) is not smoothed: on all-MiniLM-L6-v2 it changes nothing
 (benchmarks/RESULTS.md). In float the transform changes the outputs only by rounding (tests: within 1e-5).
