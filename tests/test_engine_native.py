@@ -247,3 +247,12 @@ def test_INTBERT_ISA_forces_a_lower_level_for_the_process():
     env = dict(os.environ, INTBERT_ISA="scalar")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "scalar"
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("native", marks=needs_native)])
+def test_engine_refuses_uint8_ids_and_empty_sequences_in_one_line(backend):
+    frozen = freeze(calibrated(build(intbert.IBertModel, tiny_config(True))), backend=backend)
+    with pytest.raises(ValueError, match="int64"):
+        frozen(input_ids=torch.tensor([[5, 6]], dtype=torch.uint8))
+    with pytest.raises(ValueError, match="length 0"):
+        frozen(input_ids=torch.zeros(2, 0, dtype=torch.long))

@@ -390,7 +390,13 @@ def check_encoder_inputs(config: IBertConfig, input_ids, inputs_embeds, attentio
     if input_ids is not None:
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, sequence), got shape {tuple(input_ids.shape)}")
+        # uint8 / bool ids would index the tables as masks; int16 is not a torch index type either.
+        if input_ids.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"input_ids must be int64 (or int32) token ids, got {input_ids.dtype}: "
+                             "convert with input_ids.long()")
         shape = tuple(input_ids.shape)
+        if shape[1] == 0:
+            raise ValueError("input_ids has sequences of length 0: every sequence needs at least one token")
         vocab = config.vocab_size
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
             raise ValueError(
