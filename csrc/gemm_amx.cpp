@@ -147,6 +147,11 @@ static const BlockAmx kBlocksAmx[2][2][2] = {
 void gemm_amx_tiles(const void* packed, int64_t n, int64_t k, const void* a, int a_unsigned, int64_t lda, int64_t m,
                     int32_t* acc, int64_t ld_acc) {
   if (m <= 0) return;
+  // Other AMX users on this thread (onnxruntime's MLAS, oneDNN) load their tile configuration once and
+  // assume it stays: leaving ours behind made MLAS's next tile instruction raise SIGILL (seen in `intbert
+  // demo`). So the caller's configuration is saved here and put back (or the tiles released) at the end.
+  AmxTileConfig saved;
+  _tile_storeconfig(&saved);
   const int64_t kb = step_bytes_amx(k), tile = 16 * kb;
   const int64_t full_steps = k / kb, tail_bytes = k - full_steps * kb;  // tail: 0 .. kb-1 bytes of a last step
   const int64_t steps = full_steps + (tail_bytes ? 1 : 0);
@@ -190,9 +195,14 @@ void gemm_amx_tiles(const void* packed, int64_t n, int64_t k, const void* a, int
       }
     }
   }
-  // No TILERELEASE: the next call on this thread usually needs the same configuration, and keeping it
-  // saves the reload (small attention heads are a few hundred ns per call). The cost is that this
-  // thread's tile state stays in use (saved and restored at context switches, 8 KiB).
+  AmxTileConfig now;
+  _tile_storeconfig(&now);
+  if (memcmp(&now, &saved, sizeof now) != 0) {
+    if (saved.palette != 0)
+      _tile_loadconfig(&saved);  // the caller's tiles come back zeroed; MLAS / oneDNN reload their data per call
+    else
+      _tile_release();
+  }
 }
 
 // Tile configurations a call of gemm_amx_tiles loads: one per (row block kind) x (column pair kind),

@@ -256,3 +256,32 @@ def test_engine_refuses_uint8_ids_and_empty_sequences_in_one_line(backend):
         frozen(input_ids=torch.tensor([[5, 6]], dtype=torch.uint8))
     with pytest.raises(ValueError, match="length 0"):
         frozen(input_ids=torch.zeros(2, 0, dtype=torch.long))
+
+
+@needs_native
+def test_native_amx_leaves_onnxruntime_amx_kernels_working_on_the_same_thread():
+    """MLAS (onnxruntime) loads its AMX tile configuration once per thread; the native GEMM used to leave its
+    own behind and MLAS's next tile instruction raised SIGILL (the demo: engine row, then the ONNX row)."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    K, N = 768, 768
+    w = randint(100, -127, 128, (K, N)).to(torch.int8)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, K])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [None, N])],
+        [helper.make_tensor("w", TensorProto.INT8, [K, N], w.numpy().tobytes(), raw=True)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    a = randint(101, 0, 256, (64, K)).to(torch.uint8)
+    want = torch.matmul(a.int(), w.int())
+    assert torch.equal(torch.from_numpy(session.run(None, {"a": a.numpy()})[0]), want)
+    be = native.NativeBackend(num_threads=1)
+    lin, rq = linear(102, 96, 768), requant(103, 96, 8, 31)
+    for _ in range(2):
+        be.linear_requant(int8(104, 64, 768), lin, rq)
+        assert torch.equal(torch.from_numpy(session.run(None, {"a": a.numpy()})[0]), want)
