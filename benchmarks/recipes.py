@@ -4,11 +4,12 @@ Each recipe quantizes a fresh model with ``intbert.apply_recipe`` on the first 2
 other snippets are embedded (mean pooling, as sentence-transformers does for this model) and compared with the float
 BertModel's embeddings by cosine. With ``--onnx``, every QDQBERT recipe is exported for onnxruntime and its whole
 embedding pass is timed against onnxruntime FP32 and dynamic int8 (per-channel weights) of the same model, the graphs
-taking turns pass by pass; the cosine of the onnxruntime embeddings is printed too. With ``--engine``, every I-BERT
-recipe is frozen (default backend), checked equal to the simulation on the evaluation set and timed.
+taking turns pass by pass; the cosine of the onnxruntime embeddings is printed too (``--openvino``: also each
+recipe's tensorrt-target graph in OpenVINO, and OpenVINO's own NNCF int8; the ``bench`` extra). With ``--engine``,
+every I-BERT recipe is frozen (default backend), checked equal to the simulation on the evaluation set and timed.
 ``--methods`` repeats every recipe with each calibration method of its family (how the defaults were chosen).
 
-    python benchmarks/recipes.py [--family qdqbert|ibert|both] [--onnx] [--engine] [--methods] [--threads 1]
+    python benchmarks/recipes.py [--family qdqbert|ibert|both] [--onnx [--openvino]] [--engine] [--methods]
 
 1 thread times process CPU time (robust to other jobs on the machine); more threads time the wall clock.
 """
@@ -57,6 +58,16 @@ def ort_embeddings(session, evaluation) -> torch.Tensor:
     return torch.cat(out)
 
 
+def pooled(run, evaluation) -> torch.Tensor:
+    """Mean-pooled embeddings from ``run(batch) -> last hidden state`` (a runtime other than onnxruntime)."""
+    out = []
+    for batch in evaluation:
+        hidden = run(batch)
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        out.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1))
+    return torch.cat(out)
+
+
 def timed_passes(runs: dict, passes: int) -> dict[str, float]:
     """Median seconds of each ``runs[name]()``; the runs take turns, pass by pass, after one warm-up each."""
     for run in runs.values():
@@ -88,6 +99,8 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=256)
     parser.add_argument("--eval", type=int, default=500)
     parser.add_argument("--onnx", action="store_true", help="export the QDQBERT recipes and time them in onnxruntime")
+    parser.add_argument("--openvino", action="store_true",
+                        help="with --onnx: also each recipe's tensorrt-target graph in OpenVINO, and NNCF's own int8")
     parser.add_argument("--engine", action="store_true", help="freeze the I-BERT recipes and time the engine")
     parser.add_argument("--methods", action="store_true", help="every calibration method of each recipe")
     parser.add_argument("--recipes", nargs="*", default=None, help="only these recipe names")
@@ -113,7 +126,7 @@ def main() -> None:
     reference = mean_pooled_embeddings(float_model, evaluation)
 
     families = ("qdqbert", "ibert") if args.family == "both" else (args.family,)
-    rows, graphs, engines = [], {}, {}
+    rows, graphs, openvino_graphs, engines = [], {}, {}, {}
     scratch = tempfile.TemporaryDirectory(prefix="intbert-recipes-")  # ONNX files, removed at exit
     folder = scratch.name
     for (family, name), recipe in RECIPES.items():
@@ -133,8 +146,12 @@ def main() -> None:
                 continue
             if family == "qdqbert" and args.onnx:
                 path = os.path.join(folder, f"{name}.onnx")
-                result = intbert.export_onnx(model, path, "onnxruntime", dynamo=False)
-                graphs[f"intbert QDQ, {name}"] = (path, result.int8_kernels)
+                intbert.export_onnx(model, path, "onnxruntime", dynamo=False)
+                graphs[f"intbert QDQ, {name}"] = path
+                if args.openvino:  # signed int8: OpenVINO then runs the attention matmuls in int8 too (docs/export.md)
+                    path = os.path.join(folder, f"{name}-tensorrt.onnx")
+                    intbert.export_onnx(model, path, "tensorrt", dynamo=False)
+                    openvino_graphs[f"intbert QDQ (tensorrt target) in OpenVINO, {name}"] = path
             if family == "ibert" and args.engine:
                 engines[name] = (model, intbert.freeze(model))
 
@@ -149,18 +166,26 @@ def main() -> None:
     if graphs:
         from intbert.export.ort_kernels import inspect_optimized_graph, make_session
 
-        paths = {**{k: (v, None) for k, v in float_graphs(float_model, folder).items()}, **graphs}
-        sessions = {name: make_session(path, threads=args.threads) for name, (path, _) in paths.items()}
-        seconds = timed_passes({name: (lambda s=s: ort_embeddings(s, evaluation)) for name, s in sessions.items()},
-                               args.passes)
+        paths = {**float_graphs(float_model, folder), **graphs}
+        sessions = {name: make_session(path, threads=args.threads) for name, path in paths.items()}
+        runs = {name: (lambda s=s: ort_embeddings(s, evaluation)) for name, s in sessions.items()}
+        if openvino_graphs:
+            from _competitors import openvino_nncf_int8, openvino_onnx  # benchmarks/_competitors.py
+
+            nncf = openvino_nncf_int8(float_model, calib[:4], args.threads)
+            runs["OpenVINO INT8 (NNCF post-training)"] = lambda: pooled(nncf.run, evaluation)
+            for name, path in openvino_graphs.items():
+                runs[name] = lambda c=openvino_onnx(name, path, args.threads): pooled(c.run, evaluation)
+        seconds = timed_passes(runs, args.passes)
         base = seconds["onnxruntime dynamic int8 (per-channel)"]
-        print(f"\nonnxruntime, {args.eval} snippets, batches of 32, median of {args.passes} passes\n")
-        print("| graph | int8 kernels | embedding pass s | vs dynamic int8 | cos mean (ORT) | cos min (ORT) |")
+        print(f"\nruntimes, {args.eval} snippets, batches of 32, median of {args.passes} passes (OpenVINO: its "
+              "default float parts, bf16 where the CPU has AMX-BF16)\n")
+        print("| graph | int8 kernels (ORT) | embedding pass s | vs ORT dynamic int8 | cos mean | cos min |")
         print("|---|---|---|---|---|---|")
-        for name, (path, _) in paths.items():
-            _, graph = inspect_optimized_graph(path)
-            cos = cosines(ort_embeddings(sessions[name], evaluation), reference)
-            print(f"| {name} | {graph.int8_kernels} | {seconds[name]:.2f} | {base / seconds[name]:.2f}x "
+        for name, run in runs.items():
+            kernels = inspect_optimized_graph(paths[name])[1].int8_kernels if name in paths else "-"
+            cos = cosines(run(), reference)
+            print(f"| {name} | {kernels} | {seconds[name]:.2f} | {base / seconds[name]:.2f}x "
                   f"| {cos['mean']:.4f} | {cos['min']:.4f} |")
 
     if engines:
