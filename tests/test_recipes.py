@@ -77,3 +77,14 @@ def test_config_refuses_a_bad_disabled_quantizers_list():
         intbert.QDQBertConfig(disabled_quantizers=["("])
     with pytest.raises(ValueError, match="list of regular expressions"):
         intbert.QDQBertConfig(disabled_quantizers="add_")
+
+
+def test_a_recipe_can_stop_before_calibration():
+    """For a caller that calibrates its own way (the command line's --method best): placement and smoothing only."""
+    model = _fresh("qdqbert")
+    record = intbert.apply_recipe(model, QDQ_CALIB, "smooth-float-skip", calibrate_model=False)
+    assert record["method"] is None and "smoothing" in record
+    quantizers = [q for q in model.modules() if isinstance(q, TensorQuantizer) and not q._disabled]
+    assert quantizers and all(q.amax is None for q in quantizers)
+    intbert.calibrate(model, QDQ_CALIB, "mse")
+    assert all(q.amax is not None for q in quantizers)

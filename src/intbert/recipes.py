@@ -120,6 +120,7 @@ def apply_recipe(
     recipe: str | Recipe | None = None,
     *,
     method: str | None = None,
+    calibrate_model: bool = True,
     forward_fn: Callable | None = None,
     progress: bool = False,
 ) -> dict:
@@ -127,8 +128,11 @@ def apply_recipe(
 
     ``batches`` (a list: it is read twice when the recipe smooths) are calibration inputs; ``recipe`` a name of the
     model's family, a `Recipe`, or None for the family's default (`DEFAULT_RECIPES`); ``method`` overrides the
-    recipe's calibration method. Returns the record for the quantization report: the recipe, the method used and,
-    when it smoothed, ``intbert.smooth``'s record (alpha and error per site).
+    recipe's calibration method. ``calibrate_model=False`` stops after the placement and the smoothing, for a caller
+    that calibrates its own way (e.g. trying several methods); it must then apply ``recipe.clip_gelu`` itself
+    (``intbert.models.qdqbert.clip_gelu``) after calibrating. Returns the record for the quantization report: the
+    recipe, the method used (None when not calibrated here) and, when it smoothed, ``intbert.smooth``'s record (alpha
+    and error per site).
     """
     family = _family(model)
     chosen = recipe if isinstance(recipe, Recipe) else get_recipe(family, recipe)
@@ -145,6 +149,9 @@ def apply_recipe(
     record = {"version": RECORD_VERSION, "recipe": asdict(chosen)}
     if chosen.smooth:
         record["smoothing"] = smooth(model, batches, forward_fn=forward_fn, progress=progress).to_dict()
+    if not calibrate_model:
+        record["method"] = None
+        return record
     record["method"] = method or chosen.method
     calibrate(model, batches, record["method"], forward_fn=forward_fn, progress=progress)
     if chosen.clip_gelu is not None:
