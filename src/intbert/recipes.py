@@ -120,6 +120,7 @@ def apply_recipe(
     recipe: str | Recipe | None = None,
     *,
     method: str | None = None,
+    percentile: float = 99.99,
     calibrate_model: bool = True,
     forward_fn: Callable | None = None,
     progress: bool = False,
@@ -128,11 +129,11 @@ def apply_recipe(
 
     ``batches`` (a list: it is read twice when the recipe smooths) are calibration inputs; ``recipe`` a name of the
     model's family, a `Recipe`, or None for the family's default (`DEFAULT_RECIPES`); ``method`` overrides the
-    recipe's calibration method. ``calibrate_model=False`` stops after the placement and the smoothing, for a caller
-    that calibrates its own way (e.g. trying several methods); it must then apply ``recipe.clip_gelu`` itself
-    (``intbert.models.qdqbert.clip_gelu``) after calibrating. Returns the record for the quantization report: the
-    recipe, the method used (None when not calibrated here) and, when it smoothed, ``intbert.smooth``'s record (alpha
-    and error per site).
+    recipe's calibration method (``percentile`` goes with QDQBERT's "percentile"). ``calibrate_model=False`` stops
+    after the placement and the smoothing, for a caller that calibrates its own way (e.g. trying several methods); it
+    must then apply ``recipe.clip_gelu`` itself (``intbert.models.qdqbert.clip_gelu``) after calibrating. Returns the
+    record for the quantization report: the recipe, the method used (None when not calibrated here) and, when it
+    smoothed, ``intbert.smooth``'s record (alpha and error per site).
     """
     family = _family(model)
     chosen = recipe if isinstance(recipe, Recipe) else get_recipe(family, recipe)
@@ -153,7 +154,9 @@ def apply_recipe(
         record["method"] = None
         return record
     record["method"] = method or chosen.method
-    calibrate(model, batches, record["method"], forward_fn=forward_fn, progress=progress)
+    calibrate(model, batches, record["method"], percentile=percentile, forward_fn=forward_fn, progress=progress)
+    if record["method"] == "percentile":
+        record["percentile"] = percentile
     if chosen.clip_gelu is not None:
         clip_gelu(model, chosen.clip_gelu)
     return record
