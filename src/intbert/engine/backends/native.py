@@ -124,9 +124,8 @@ class NativeBackend(ReferenceBackend):
             entry = self._weights[key] = (lin.weight, isa, _native.pack_weight(_ptr(w), n, k, k, 1, isa, chunked))
         return entry[2]
 
-    def _cached(self, module, channels: int, sources: tuple, build):
-        """build() once per (module, channel count) while the module's tensors are the same objects."""
-        key = (id(module), channels)
+    def _cached(self, key: tuple, sources: tuple, build):
+        """build() -> (value, tensors to keep alive), once per key while ``sources`` are the same objects."""
         entry = self._consts.get(key)
         if entry is None or any(a is not b for a, b in zip(entry[0], sources)):
             entry = self._consts[key] = (sources, *build())
@@ -145,7 +144,7 @@ class NativeBackend(ReferenceBackend):
             m, e = self._channels(rq.m, channels, "requant m"), self._channels(rq.e, channels, "requant e")
             return (_ptr(m), _ptr(e), rq.bits, rq.input_bits), (m, e)
 
-        return self._cached(rq, channels, (rq.m, rq.e), build)
+        return self._cached((id(rq), channels), (rq.m, rq.e), build)
 
     def _add(self, add: ResidualRequant, channels: int):
         return self._rq(add.a, channels), self._rq(add.b, channels), add.bits
@@ -155,21 +154,21 @@ class NativeBackend(ReferenceBackend):
             sign, bias = self._channels(ln.sign, channels, "LayerNorm sign"), self._channels(ln.bias, channels, "LayerNorm bias")
             return (int(ln.shift), _ptr(sign), _ptr(bias)), (sign, bias)
 
-        return self._cached(ln, channels, (ln.shift, ln.sign, ln.bias), build)
+        return self._cached((id(ln), channels), (ln.shift, ln.sign, ln.bias), build)
 
     def _gelu(self, g: GELUConstants, channels: int):
         def build():
             t = [self._channels(getattr(g, n), channels, "i-GELU " + n) for n in ("b", "c", "one")]
             return tuple(_ptr(x) for x in t), t
 
-        return self._cached(g, channels, (g.b, g.c, g.one), build)
+        return self._cached((id(g), channels), (g.b, g.c, g.one), build)
 
     def _softmax(self, sm: SoftmaxConstants):
         def build():
             c = sm.as_dict()
             return tuple(int(c[n]) for n in ("pre_shift", "x0", "zm", "b", "c", "m", "e")) + (sm.output_bit,), ()
 
-        return self._cached(sm, 0, tuple(sm.as_dict().values()), build)
+        return self._cached((id(sm),), tuple(sm.as_dict().values()), build)
 
     # -- fused composites (the whole encoder layer) ---------------------------------------------------
     def linear_requant(self, x, lin, rq):
@@ -197,10 +196,7 @@ class NativeBackend(ReferenceBackend):
 
     def _stacked(self, pairs):
         """The pairs as one IntLinear (weights and biases concatenated) and one per-channel Requant."""
-        key = tuple(id(m) for pair in pairs for m in pair)
-        sources = tuple(t for lin, rq in pairs for t in (lin.weight, lin.bias, rq.m, rq.e))
-        entry = self._consts.get(key)
-        if entry is None or any(a is not b for a, b in zip(entry[0], sources)):
+        def build():
             lins = [lin for lin, _ in pairs]
             stacked = IntLinear(torch.cat([l.weight for l in lins]), torch.cat([l.bias for l in lins]),
                                 max(l.weight_bit for l in lins))
@@ -209,8 +205,11 @@ class NativeBackend(ReferenceBackend):
             e = torch.cat([self._channels(rq.e, l.weight.shape[0], "requant e") for l, rq in pairs])
             # Only what the kernels read (a Requant would also build a float scale: no float op in the encoder).
             rq = SimpleNamespace(m=m, e=e, bits=first.bits, input_bits=first.input_bits)
-            entry = self._consts[key] = (sources, (stacked, rq))
-        return entry[1]
+            return (stacked, rq), ()
+
+        key = tuple(id(m) for pair in pairs for m in pair)
+        sources = tuple(t for lin, rq in pairs for t in (lin.weight, lin.bias, rq.m, rq.e))
+        return self._cached(key, sources, build)
 
     def linear_gelu_requant(self, x, lin, g, rq1, rq2):
         if rq2.bits > 8:
