@@ -81,14 +81,22 @@ int64_t rows_per_task(int64_t m) {
   return rows;
 }
 
+// fn(r0, rows) on blocks of rows_per_task(m) rows, across the pool.
+template <class Fn>
+void for_row_blocks(int64_t m, Fn fn) {
+  const int64_t rows = rows_per_task(m);
+  ThreadPool::instance().parallel_for((m + rows - 1) / rows, [&](int64_t t) {
+    const int64_t r0 = t * rows;
+    fn(r0, std::min(rows, m - r0));
+  });
+}
+
 // Runs epilogue(r0, rows, acc, ld_acc) on GEMM row blocks of x @ W^T with whole rows (all parts of
 // the weight), each block still in cache: for row-wise chains (LayerNorm).
 template <class Epilogue>
 void gemm_rows(const PackedWeight& w, const int8_t* x, int64_t m, int64_t lda, Epilogue epilogue) {
   const Kernels& kn = kernels(w.isa);
-  const int64_t rows = rows_per_task(m);
-  ThreadPool::instance().parallel_for((m + rows - 1) / rows, [&](int64_t t) {
-    const int64_t r0 = t * rows, r = std::min(rows, m - r0);
+  for_row_blocks(m, [&](int64_t r0, int64_t r) {
     int32_t* acc = static_cast<int32_t*>(t_acc.get(size_t(r) * w.n * sizeof(int32_t)));
     for (int64_t p = 0; p < w.parts; ++p) {
       const int64_t c0 = p * w.chunk;
@@ -234,9 +242,7 @@ void embed(const int8_t* word, const int8_t* tt, const int8_t* pos, const int64_
            const int64_t* pids, int64_t rows, int64_t n, const ResidualC& add1, const ResidualC& add2,
            const LayerNormC& ln, const RequantC& rq, int8_t* out, int64_t ld_out) {
   const Kernels& kn = chains();
-  const int64_t block = rows_per_task(rows);
-  ThreadPool::instance().parallel_for((rows + block - 1) / block, [&](int64_t t) {
-    const int64_t r0 = t * block, r = std::min(block, rows - r0);
+  for_row_blocks(rows, [&](int64_t r0, int64_t r) {
     kn.embed(word, tt, pos, ids + r0, tids + r0, pids + r0, r, n, add1, add2, ln, rq, out + r0 * ld_out, ld_out);
   });
 }
@@ -244,9 +250,7 @@ void embed(const int8_t* word, const int8_t* tt, const int8_t* pos, const int64_
 void requant_i32(const int32_t* q, int64_t ld_q, int64_t rows, int64_t n, const RequantC& rq, int8_t* out,
                  int64_t ld_out) {
   const Kernels& kn = chains();
-  const int64_t block = rows_per_task(rows);
-  ThreadPool::instance().parallel_for((rows + block - 1) / block, [&](int64_t t) {
-    const int64_t r0 = t * block, r = std::min(block, rows - r0);
+  for_row_blocks(rows, [&](int64_t r0, int64_t r) {
     kn.requant_i32(q + r0 * ld_q, ld_q, r, n, rq, out + r0 * ld_out, ld_out);
   });
 }
