@@ -28,7 +28,7 @@ import onnxruntime as ort
 import torch
 
 import intbert
-from intbert.engine.ort_gemm import u8s8_is_exact_for_8bit
+from intbert.engine.backends.ort_gemm import u8s8_is_exact_for_8bit
 from intbert.export.ibert_onnx import INT8_OUTPUT
 from intbert.export.ort_kernels import make_session
 from _machine import cpu_name, load  # benchmarks/_machine.py (scripts run from this folder)

@@ -1,4 +1,4 @@
-"""Exact integer GEMM (intbert.engine.ort_gemm) vs FP32 GEMM, side by side in one process.
+"""Exact integer GEMM (intbert.engine.backends.ort_gemm) vs FP32 GEMM, side by side in one process.
 
 Prints the machine, an exactness check of the raw MLAS kernels (does u8 x s8 saturate with full 8-bit
 weights on this CPU? is u8 x u8 exact?), then a markdown table of GOPS (2*M*K*N / time) for the BERT-base
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from intbert.engine import ort_gemm
-from intbert.engine.ort_gemm import OrtBatchedMatMul, OrtLinear, u8s8_is_exact_for_8bit
+from intbert.engine.backends import ort_gemm
+from intbert.engine.backends.ort_gemm import OrtBatchedMatMul, OrtLinear, u8s8_is_exact_for_8bit
 from _machine import cpu_name, load  # benchmarks/_machine.py (scripts run from this folder)
 
 #: (M, K, N): FFN-up at b1 s128 and b8 s128, QKV/attention-out and FFN-down at b8 s128.

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from intbert.engine import ort_gemm
-from intbert.engine.backends import ReferenceBackend, default_backend_name, resolve_backend
+from intbert.engine.backends import ReferenceBackend, default_backend_name, ort_gemm, resolve_backend
 from intbert.engine.modules import GELUConstants, ResidualRequant, SoftmaxConstants
 from intbert.quantization import fused, intops
 

@@ -11,8 +11,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import intbert
-from intbert.engine import FrozenIBert, freeze, ort_gemm
-from intbert.engine.backends import native
+from intbert.engine import FrozenIBert, freeze
+from intbert.engine.backends import native, ort_gemm
 from intbert.errors import OverflowRiskError, UncalibratedError
 from intbert.models.ibert.quant_modules import ints_of
 

@@ -20,8 +20,8 @@ pytest.importorskip("onnx")
 
 from _sizes import AWKWARD_SIZES, gen, randint  # noqa: E402
 
-from intbert.engine import ort_gemm  # noqa: E402
-from intbert.engine.ort_gemm import (  # noqa: E402
+from intbert.engine.backends import ort_gemm  # noqa: E402
+from intbert.engine.backends.ort_gemm import (  # noqa: E402
     MAX_K,
     U8S8_SAFE_WEIGHT_MAX,
     OrtBatchedMatMul,

@@ -18,7 +18,8 @@ ort = pytest.importorskip("onnxruntime")
 
 import intbert  # noqa: E402
 from _sizes import AWKWARD_SIZES, gen, randint  # noqa: E402
-from intbert.engine import FrozenIBert, freeze, ort_gemm  # noqa: E402
+from intbert.engine import FrozenIBert, freeze  # noqa: E402
+from intbert.engine.backends import ort_gemm  # noqa: E402
 from intbert.errors import OverflowRiskError, UncalibratedError  # noqa: E402
 from intbert.export import ExportError, export_onnx, verify_onnx  # noqa: E402
 from intbert.export import ibert_onnx  # noqa: E402

@@ -33,7 +33,7 @@ from torch import nn
 from ..engine import FrozenIBert, freeze
 from ..engine.model import IntegerIBertModel
 from ..engine.modules import IntLinear, Requant
-from ..engine.ort_gemm import ACTIVATION_ZERO_POINT, MAX_K, U8S8_SAFE_WEIGHT_MAX, u8s8_is_exact_for_8bit
+from ..engine.backends.ort_gemm import ACTIVATION_ZERO_POINT, MAX_K, U8S8_SAFE_WEIGHT_MAX, u8s8_is_exact_for_8bit
 from ..errors import OverflowRiskError
 from ..models.ibert.modeling_ibert import IBertPreTrainedModel
 from . import onnx_intops as oi
@@ -112,7 +112,7 @@ def _check_exportable(frozen: FrozenIBert) -> None:
                          "the pad id, so it must be an int (as the engine needs)")
     if head == "IBertForQuestionAnswering" and config.num_labels != 2:
         raise ValueError(f"IBertForQuestionAnswering needs num_labels=2 (start and end logits), got {config.num_labels}")
-    # MLAS sums u8 x u8 raw products (<= 255 * 255) in int32: exact while K <= MAX_K (engine.ort_gemm). The longest
+    # MLAS sums u8 x u8 raw products (<= 255 * 255) in int32: exact while K <= MAX_K (engine.backends.ort_gemm). The longest
     # reduction of the attention context is the sequence, at most max_position_embeddings.
     for name, K in (("hidden_size", config.hidden_size), ("intermediate_size", config.intermediate_size),
                     ("max_position_embeddings", config.max_position_embeddings)):
@@ -127,7 +127,7 @@ def _linears(encoder: IntegerIBertModel) -> list[IntLinear]:
 
 
 def _choose_kernels(encoder: IntegerIBertModel, kernel: str | None) -> tuple[str, str]:
-    """(weight kernel, attention kernel), exact on the CPUs the choice is made for (engine.ort_gemm's facts).
+    """(weight kernel, attention kernel), exact on the CPUs the choice is made for (engine.backends.ort_gemm's facts).
 
     u8 x s8 adds pairs of products in a saturating int16 on AVX2 CPUs without VNNI: exact only for |s8| <= 64.
     u8 x u8 is exact for any operands on every CPU. ``None`` gives a file that is exact everywhere: u8s8 for weights

@@ -1,6 +1,6 @@
 """The fast CPU backend: onnxruntime's integer GEMMs + compiled integer elementwise kernels.
 
-GEMMs: ``engine.ort_gemm`` (MLAS ``MatMulInteger``), exact by construction of the kernel choice
+GEMMs: ``engine.backends.ort_gemm`` (MLAS ``MatMulInteger``), exact by construction of the kernel choice
 (u8 x s8 for weights of at most 7 bits, u8 x u8 otherwise on CPUs without VNNI). Activations stay int8
 between ops; an int8 q becomes the uint8 q + 128 that MLAS wants by flipping its top bit (x ^ 0x80).
 Elementwise chains: ``fused_ops`` (one compiled kernel per chain). Results equal the reference
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import ort_gemm
+from . import ort_gemm
 from .compiled import CompiledElementwise
 from .reference import ReferenceBackend
 

@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from ..errors import OverflowRiskError
+from ...errors import OverflowRiskError
 
 #: The kernels ``kernel=`` accepts (module docstring: when each is exact).
 KERNELS = ("u8s8", "u8u8")
