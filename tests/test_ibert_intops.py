@@ -190,6 +190,27 @@ def test_dyadic_ratio_below_2_pow_minus_32_keeps_its_value_at_shift_63():
         assert abs(Fraction(mi, 2**ei) - Fraction(r)) <= Fraction(1, 2**64)
 
 
+def test_requant_multiplier_is_the_dyadic_of_the_float64_ratio_of_float32_scales():
+    """m / 2^e is within 2^-31 (dyadic's mantissa) plus 2^-53 (the float64 division) of S_in / S_out, relatively,
+    where both scales are the float32 numbers given; per-channel output scales broadcast."""
+    s_in = torch.tensor([0.1], dtype=torch.float32)
+    s_out = torch.tensor([0.3, 3e-5, 7.0, 2.0**-20], dtype=torch.float32)
+    m, e = I.requant_multiplier(s_in, s_out)
+    for so, mi, ei in zip(s_out.tolist(), m.tolist(), e.tolist()):
+        exact = Fraction(s_in.item()) / Fraction(so)  # .item() of a float32 is the float32 value, exactly
+        assert abs(Fraction(mi, 2**ei) - exact) <= exact * (Fraction(1, 2**31) + Fraction(1, 2**52))
+        assert (mi, ei) == _dyadic_oracle(float(Fraction(s_in.item()) / Fraction(so)))  # one float64 rounding
+
+
+def test_as_scale_gives_float32_on_the_device_of_its_reference_from_floats_and_tensors():
+    like = torch.zeros(2, dtype=torch.float16)
+    from_float = I.as_scale(0.1, like)
+    assert from_float.dtype == torch.float32 and from_float.shape == (1,) and from_float.item() == _f32(0.1)
+    per_channel = I.as_scale(torch.tensor([0.5, 0.25], dtype=torch.float64), like)
+    assert per_channel.dtype == torch.float32 and per_channel.tolist() == [0.5, 0.25]
+    assert I.as_scale(torch.tensor(2.0), like).shape == ()  # 0-dim stays 0-dim
+
+
 @pytest.mark.parametrize("bad", [2.0**31, 1e12, -1e-3, float("inf"), float("nan")])
 def test_check_dyadic_range_raises_overflow_risk(bad):
     with pytest.raises(OverflowRiskError):

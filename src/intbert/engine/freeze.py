@@ -4,7 +4,7 @@ The constants are not re-derived by a second copy of the simulation's scale arit
 forward of the simulation on a two-token batch records, for every quant module, the scales it
 actually used (in eval mode they depend only on the calibrated buffers, not on the data) and the
 integer width of its inputs; the integer constants are then computed by the same functions the
-simulation's forward calls (``requant_multiplier``, ``intops.gelu_constants``,
+simulation's forward calls (``intops.requant_multiplier``, ``intops.gelu_constants``,
 ``intops.softmax_constants``, ``intops.layernorm_constants``). So the engine multiplies by exactly
 the simulation's integers, and tests check the outputs bit for bit.
 
@@ -29,10 +29,8 @@ from ..models.ibert.quant_modules import (
     IntSoftmax,
     QuantAct,
     QuantLinear,
-    _as_scale,
     int_bits_of,
     named_overflow,
-    requant_multiplier,
 )
 from ..quantization import intops
 from .model import IntEmbeddings, IntegerIBertModel, IntLayer
@@ -75,11 +73,11 @@ class _ScaleRecorder:
         x, s_x = values[0], (values[1] if len(values) > 1 else None)
         rec = {"out_scale": output[1]}
         if s_x is not None:
-            rec["s_x"], rec["bits_x"] = _as_scale(s_x, x), int_bits_of(x)
+            rec["s_x"], rec["bits_x"] = intops.as_scale(s_x, x), int_bits_of(x)
         identity = bound.arguments.get("identity")
         if identity is not None:
             s_id = bound.arguments["identity_scaling_factor"]
-            rec["s_id"], rec["bits_id"] = _as_scale(s_id, identity), int_bits_of(identity)
+            rec["s_id"], rec["bits_id"] = intops.as_scale(s_id, identity), int_bits_of(identity)
         self.records[module] = rec
 
     def __getitem__(self, module) -> dict:
@@ -131,7 +129,7 @@ def _requant(act: QuantAct, rec: dict, part: str, where: str) -> Requant:
     _check_ratio(s_in, s_out, where)
     if bits_in > intops.GELU_OUTPUT_BITS:
         raise OverflowRiskError(f"{where}: input integers of {bits_in} bits exceed what requantization handles (47)")
-    m, e = requant_multiplier(s_in, s_out)
+    m, e = intops.requant_multiplier(s_in, s_out)
     return Requant(m, e, s_out, act.activation_bit, bits_in)
 
 

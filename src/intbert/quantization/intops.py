@@ -79,6 +79,18 @@ INT32_MAX = 2**31 - 1
 INT32_MIN = -(2**31)
 
 
+def as_scale(scale, like: torch.Tensor) -> torch.Tensor:
+    """A scaling factor as a float32 tensor on ``like``'s device; 0-dim, (1,), per-channel and Python floats accepted.
+
+    float32 because every scale of the simulation is held in float32 (the transformers port's buffers are), so a
+    scale passed as a Python float or a float64 tensor is rounded to nearest float32 here, once, and every later
+    ratio (:func:`requant_multiplier`) starts from the same number in the simulation and in the frozen engine.
+    """
+    if not torch.is_tensor(scale):
+        scale = torch.tensor([float(scale)])
+    return scale.to(device=like.device, dtype=torch.float32)
+
+
 def qrange(num_bits: int, narrow: bool = False) -> tuple[int, int]:
     """Signed integer range of ``num_bits`` bits: [-2^(b-1), 2^(b-1)-1], or [-(2^(b-1)-1), 2^(b-1)-1] if narrow."""
     hi = 2 ** (num_bits - 1) - 1
@@ -161,6 +173,17 @@ def dyadic(ratio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     m = torch.where(ratio == 0, torch.zeros_like(m), m)
     e = torch.where(ratio == 0, torch.zeros_like(e), e)
     return m, e
+
+
+def requant_multiplier(s_in: torch.Tensor, s_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dyadic (m, e) of a requantization from scale ``s_in`` to ``s_out``: m / 2^e ~ S_in / S_out.
+
+    The ratio of the two float32 scales is formed in float64 (one rounding, half to even, relative error
+    <= 2^-53) and then rounded to a 31-bit mantissa by :func:`dyadic` (half up). The one definition used by the
+    simulation's forward (``QuantAct``) and by ``intbert.freeze``, so the frozen engine multiplies by exactly
+    the simulation's integers.
+    """
+    return dyadic(s_in.double() / s_out.double())
 
 
 def check_dyadic_range(ratio: torch.Tensor, what: str) -> None:

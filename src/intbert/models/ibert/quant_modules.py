@@ -81,13 +81,6 @@ def _needs_grad(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _as_scale(scale, like: torch.Tensor) -> torch.Tensor:
-    """Accept 0-dim, (1,), per-channel tensors and Python floats as scaling factors."""
-    if not torch.is_tensor(scale):
-        scale = torch.tensor([float(scale)])
-    return scale.to(device=like.device, dtype=torch.float32)
-
-
 class _WeightCache:
     """Re-quantize a weight only when it may have changed, not on every forward.
 
@@ -289,8 +282,8 @@ class QuantAct(nn.Module):
                 "QuantAct ranges were never calibrated (still +-1e-5); run intbert.calibrate(model, batches) "
                 "or a few train-mode forwards before evaluating a quant_mode model"
             )
-        x_min = self.x_min if specified_min is None else _as_scale(specified_min, x)
-        x_max = self.x_max if specified_max is None else _as_scale(specified_max, x)
+        x_min = self.x_min if specified_min is None else intops.as_scale(specified_min, x)
+        x_max = self.x_max if specified_max is None else intops.as_scale(specified_max, x)
         scale = intops.symmetric_scale(self.activation_bit, x_min, x_max)
         self.act_scaling_factor = scale.detach()
         with torch.no_grad():
@@ -314,8 +307,8 @@ class QuantAct(nn.Module):
         if s_t is None:
             q = torch.round(t.detach().double() / scale.double())
             return q.clamp(intops.INT32_MIN, intops.INT32_MAX).long()
-        s_t = _as_scale(s_t, t)
-        m, e = requant_multiplier(s_t, scale)
+        s_t = intops.as_scale(s_t, t)
+        m, e = intops.requant_multiplier(s_t, scale)
         return fused.rescale(ints_of(t, s_t), m, e, int_bits_of(t))
 
 
@@ -328,15 +321,6 @@ def named_overflow(model: nn.Module, err: OverflowRiskError) -> OverflowRiskErro
     named = OverflowRiskError(f"{names[module] or type(model).__name__}: {err}")
     named.module = module
     return named
-
-
-def requant_multiplier(s_in: torch.Tensor, s_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The dyadic (m, e) of a requantization from scale ``s_in`` to ``s_out`` (both float32 tensors).
-
-    The one definition used by QuantAct's forward and by ``intbert.freeze``, so the frozen engine
-    multiplies by exactly the same integers.
-    """
-    return intops.dyadic(s_in.double() / s_out.double())
 
 
 # --------------------------------------------------------------------------------------------
@@ -452,7 +436,7 @@ class QuantLinear(_CachedWeightMixin, nn.Module):
                 "QuantLinear in quant_mode needs prev_act_scaling_factor, the scale of its (8-bit) input; "
                 "quantize the input with a QuantAct first"
             )
-        s_x = _as_scale(prev_act_scaling_factor, x)
+        s_x = intops.as_scale(prev_act_scaling_factor, x)
         if s_x.numel() != 1:
             raise ValueError(
                 f"QuantLinear needs a per-tensor input scale (0-dim or shape (1,)), got shape {tuple(s_x.shape)}"
@@ -506,7 +490,7 @@ class IntGELU(nn.Module):
     def forward(self, x, scaling_factor=None):
         if not self.quant_mode:
             return self.activation_fn(x), None
-        scale = _as_scale(scaling_factor, x)
+        scale = intops.as_scale(scaling_factor, x)
         if self.training or not self._bounds_checked:
             # One host sync; in eval the input scale is fixed, so the first forward checks it for good.
             if bool((scale < intops.GELU_MIN_INPUT_SCALE).any()):
@@ -551,7 +535,7 @@ class IntSoftmax(nn.Module):
             if mask is not None:
                 x = x.masked_fill(~mask, torch.finfo(x.dtype).min)
             return F.softmax(x, dim=-1), None
-        scale = _as_scale(scaling_factor, x)
+        scale = intops.as_scale(scaling_factor, x)
         finite = x > self.MASKED_BELOW
         keep = finite if mask is None else finite & mask
         with torch.no_grad():
@@ -597,7 +581,7 @@ class IntLayerNorm(nn.Module):
             return self.float_forward(x), None
         if scaling_factor is None:
             raise ValueError("IntLayerNorm in quant_mode needs the input's scaling_factor (from a QuantAct)")
-        scale = _as_scale(scaling_factor, x)
+        scale = intops.as_scale(scaling_factor, x)
         if scale.numel() != 1:
             raise ValueError(f"IntLayerNorm needs a per-tensor input scale, got shape {tuple(scale.shape)}")
         with torch.no_grad():
