@@ -19,11 +19,10 @@ ort = pytest.importorskip("onnxruntime")
 import intbert  # noqa: E402
 from _sizes import AWKWARD_SIZES, gen, randint  # noqa: E402
 from intbert.engine import FrozenIBert, freeze  # noqa: E402
-from intbert.engine.backends import ort_gemm  # noqa: E402
+from intbert.engine.backends import onnx_intops as oi, ort_gemm  # noqa: E402
 from intbert.errors import OverflowRiskError, UncalibratedError  # noqa: E402
 from intbert.export import ExportError, export_onnx, verify_onnx  # noqa: E402
 from intbert.export import ibert_onnx  # noqa: E402
-from intbert.export import onnx_intops as oi  # noqa: E402
 from intbert.export.ibert_onnx import INT8_OUTPUT, export_ibert_onnx, ibert_graph  # noqa: E402
 from intbert.export.ort_kernels import inspect_optimized_graph  # noqa: E402
 from intbert.quantization import intops  # noqa: E402

@@ -11,7 +11,7 @@
     -> last_hidden_state_int8 (int8) and last_hidden_state = int8 * scale (the first float op)
     -> the head's float layers (Gemm / MatMul, Tanh, Erf GELU, LayerNormalization), as the head module computes.
 
-The integer subgraphs (requantization, i-GELU, i-softmax, isqrt, LayerNorm) are in :mod:`.onnx_intops`, each the
+The integer subgraphs (requantization, i-GELU, i-softmax, isqrt, LayerNorm) are in :mod:`intbert.engine.backends.onnx_intops`, each the
 twin of its ``intops`` definition. The file is checked before it is moved into place: onnx's checker, one run in
 onnxruntime at full optimization whose int8 hidden states must equal the engine's, and the int8 kernels in the graph
 onnxruntime optimized (one ``MatMulInteger`` per linear layer and two per attention).
@@ -32,11 +32,11 @@ from torch import nn
 
 from ..engine import FrozenIBert, freeze
 from ..engine.model import IntegerIBertModel
+from ..engine.backends import onnx_intops as oi
 from ..engine.modules import IntLinear, Requant
 from ..engine.backends.ort_gemm import ACTIVATION_ZERO_POINT, MAX_K, U8S8_SAFE_WEIGHT_MAX, u8s8_is_exact_for_8bit
 from ..errors import OverflowRiskError
 from ..models.ibert.modeling_ibert import IBertPreTrainedModel
-from . import onnx_intops as oi
 from .errors import ExportError
 
 __all__ = ["IBertExportResult", "HEAD_OUTPUTS", "INT8_OUTPUT", "KERNELS", "OPSET", "export_ibert_onnx",

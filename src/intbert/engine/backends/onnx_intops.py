@@ -34,7 +34,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..quantization import intops
+from ...quantization import intops
 
 #: onnx TensorProto data types used here (numbers fixed by the ONNX standard; onnx is imported lazily).
 INT8, UINT8, INT32, INT64, UINT64, FLOAT, BOOL = 3, 2, 6, 7, 13, 1, 9
