@@ -209,6 +209,9 @@ def test_quantize_qdq_saves_every_amax_in_the_model_and_the_report(qdq_dir):
     saved = {name: q.amax for name, q in named_quantizers(model)}
     assert set(saved) == set(report["ranges"]["quantizers"])
     for name, entry in report["ranges"]["quantizers"].items():
+        if not entry["enabled"]:  # the default recipe runs the residual adds in float: no amax, saved off
+            assert entry["amax"] is None and saved[name] is None and "add_" in name
+            continue
         want = torch.tensor(entry["amax"]).reshape(-1)
         torch.testing.assert_close(saved[name].reshape(-1), want, rtol=1e-6, atol=0)
 
@@ -232,6 +235,56 @@ def test_quantize_roberta_as_ibert_and_compare_embeddings(models, data, tmp_path
     assert code == 0 and "cosine to FP32 (mean)" in text
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["cosine_mean"] > 0.99 and not metrics["labelled"]
+
+
+def test_the_commands_recipe_names_are_the_librarys():
+    # cli/arguments.py repeats them so that `intbert --help` needs no torch: they must not drift apart.
+    from intbert.cli import arguments
+
+    for scheme, family in arguments.RECIPE_FAMILY.items():
+        assert set(arguments.RECIPE_NAMES[scheme]) == {name for f, name in intbert.RECIPES if f == family}
+        assert arguments.DEFAULT_RECIPES[scheme] == intbert.DEFAULT_RECIPES[family]
+
+
+def test_quantize_by_default_smooths_and_records_the_recipe(qdq_dir, ibert_dir):
+    # qdq_dir named only a method: the recipe is QDQBERT's default, with its float residual adds; ibert_dir named
+    # neither: I-BERT's default recipe and its method.
+    qdq = json.loads((qdq_dir / "quantization_report.json").read_text())
+    assert qdq["recipe"]["recipe"]["name"] == "smooth-float-skip" and qdq["recipe"]["method"] == "percentile"
+    assert qdq["recipe"]["smoothing"]["sites"] and qdq["recipe"]["percentile"] == 99.99
+    adds = {n: q for n, q in qdq["ranges"]["quantizers"].items() if "add_residual_input" in n}
+    assert adds and not any(q["enabled"] for q in adds.values())  # float residual adds
+    ibert = json.loads((ibert_dir / "quantization_report.json").read_text())
+    assert (ibert["recipe"]["recipe"]["name"], ibert["method"]) == ("smooth", "mse")
+    sites = ibert["recipe"]["smoothing"]["sites"]
+    assert sites and all(site["alpha"] is None or 0 <= site["alpha"] <= 1 for site in sites.values())
+
+
+def test_quantize_recipe_reference_with_another_method(models, data, tmp_path, capsys):
+    out = tmp_path / "ref"
+    code, text, _ = cli("quantize", models["cls"], "--scheme", "qdq", "--recipe", "reference", "--method", "max",
+                        "--calib-data", data["calib.txt"], "--out", out, capsys=capsys)
+    assert code == 0 and "recipe reference, method max" in text
+    report = json.loads((out / "quantization_report.json").read_text())
+    assert (report["recipe"]["recipe"]["name"], report["recipe"]["method"], report["method"]) == (
+        "reference", "max", "max")
+    assert "smoothing" not in report["recipe"]
+    adds = [q for n, q in report["ranges"]["quantizers"].items() if "add_residual_input" in n]
+    assert adds and all(q["enabled"] and q["amax"] is not None for q in adds)  # int8 residual adds
+
+
+def test_quantize_best_method_scores_the_recipes_final_model(models, data, tmp_path, capsys):
+    # float-skip caps the GELU output's amax at 10 after calibrating: "best" must score (and keep) the capped model.
+    out = tmp_path / "best"
+    code, text, _ = cli("quantize", models["cls"], "--scheme", "qdq", "--recipe", "float-skip", "--method", "best",
+                        "--calib-data", data["labelled.csv"], "--out", out, capsys=capsys)
+    assert code == 0
+    report = json.loads((out / "quantization_report.json").read_text())
+    assert set(report["method_scores"]) == {"max", "percentile", "mse", "entropy"}
+    assert report["recipe"]["method"] == report["method"] in report["method_scores"]
+    capped = [q for name, q in report["ranges"]["quantizers"].items() if "output.dense._input_quantizer" in name]
+    assert capped and all(max(q["amax"]) <= 10.0 if isinstance(q["amax"], list) else q["amax"] <= 10.0
+                          for q in capped)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -324,6 +377,20 @@ def test_qat_trains_a_new_head_and_saves_a_frozen_model(models, data, tmp_path, 
     assert frozen.config.id2label == {0: "fresh", 1: "rotten"}  # sorted names of the training file
 
 
+def test_qat_by_distillation_from_the_float_classifier(models, data, tmp_path, capsys):
+    out = tmp_path / "kd"
+    code, text, _ = cli("qat", models["cls"], "--train", data["labelled.csv"], "--eval", data["labelled.csv"],
+                        "--scheme", "qdq", "--recipe", "reference", "--distill", "--max-steps", "3", "--batch-size",
+                        "8", "--out", out, capsys=capsys)
+    assert code == 0 and "recipe reference, QAT by distillation 3 steps" in text
+    report = json.loads((out / "quantization_report.json").read_text())
+    assert report["qat"]["distill"] and report["qat"]["steps"] == 3 and report["qat"]["lr"] == 5e-5
+    assert report["recipe"]["recipe"]["name"] == "reference" and report["method"] == "mse"
+    trained = intbert.QDQBertForSequenceClassification.from_pretrained(out)
+    start = intbert.QDQBertForSequenceClassification.from_pretrained(models["cls"])
+    assert not torch.equal(trained.classifier.weight, start.classifier.weight)  # it trained
+
+
 # --------------------------------------------------------------------------------------------------
 # the demo's pipeline, reduced
 # --------------------------------------------------------------------------------------------------
@@ -334,10 +401,14 @@ def test_demo_pipeline_reduced_runs_end_to_end_and_reuses_its_fine_tune(models, 
     settings = DemoSettings.reduced(tmp_path / "cache", base=models["base-1layer"], onnx=False)
     first = run_demo(settings)
     assert not first["reused_finetuned"]
-    assert set(first["qdq_method_scores"]) == {"max", "percentile", "mse", "entropy"}  # QDQBERT took --method best
-    assert first["qdq_method"] in first["qdq_method_scores"]
+    # Each family's default recipe, named in the rows and the results (the one the README's table shows).
+    assert (first["ibert_recipe"], first["qdq_recipe"]) == ("smooth", "smooth-float-skip")
+    assert (first["ibert_method"], first["qdq_method"]) == ("mse", "max")
     names = [r["name"] for r in first["rows"]]
-    assert names[0] == "FP32 (PyTorch)" and names[1] == "I-BERT INT8 (integer engine)" and "QDQBERT" in names[2]
+    assert names[:2] == ["FP32 (PyTorch)", "I-BERT INT8 (smooth, integer engine)"]
+    assert names[2] == "QDQBERT INT8 (smooth-float-skip, PyTorch fake-quant)"
+    report = json.loads((tmp_path / "cache" / "qdqbert" / "quantization_report.json").read_text())
+    assert report["recipe"]["recipe"]["name"] == "smooth-float-skip" and report["recipe"]["smoothing"]["sites"]
     assert all(0 <= r["accuracy"] <= 1 and r["latency_ms"] > 0 for r in first["rows"])
     assert (tmp_path / "cache" / "results.json").is_file()
     assert read_examples(tmp_path / "cache" / "data" / "test.csv").labels is not None
@@ -390,6 +461,11 @@ def _bad_calls(models, data, tmp_path):
                            "--text-column", "body", "--out", tmp_path / "o"],
         "method of the other scheme": ["quantize", models["cls"], "--scheme", "ibert", "--method", "entropy",
                                        "--calib-data", data["calib.txt"], "--out", tmp_path / "o"],
+        "recipe of the other scheme": ["quantize", models["cls"], "--scheme", "ibert", "--recipe", "float-skip",
+                                       "--calib-data", data["calib.txt"], "--out", tmp_path / "o"],
+        "qat recipe of the other scheme": ["qat", models["cls"], "--train", data["labelled.csv"], "--eval",
+                                           data["labelled.csv"], "--scheme", "ibert", "--recipe",
+                                           "smooth-float-skip", "--out", tmp_path / "o"],
         "roberta as qdq": ["quantize", models["roberta"], "--scheme", "qdq", "--calib-data", data["calib.txt"],
                            "--out", tmp_path / "o"],
         "output exists": ["quantize", models["cls"], "--scheme", "ibert", "--calib-data", data["calib.txt"],
@@ -403,7 +479,8 @@ def _bad_calls(models, data, tmp_path):
 
 @pytest.mark.parametrize("case", ["missing argument", "bad choice", "bad number", "missing model dir",
                                   "missing data file", "file for a model dir", "unknown column",
-                                  "method of the other scheme", "roberta as qdq", "output exists",
+                                  "method of the other scheme", "recipe of the other scheme",
+                                  "qat recipe of the other scheme", "roberta as qdq", "output exists",
                                   "not a quantized dir", "labels from a txt", "no mask to fill"])
 def test_usage_mistakes_exit_2_with_one_line(case, models, data, tmp_path, capsys):
     code, out, err = cli(*_bad_calls(models, data, tmp_path)[case], capsys=capsys)

@@ -19,13 +19,43 @@ METHODS = {
     "qdq": {"max": "max", "percentile": "percentile", "mse": "mse", "entropy": "entropy"},
 }
 ALL_METHODS = ("max", "percentile", "mse", "entropy", "ema", "best")
-DEFAULT_METHOD = "mse"
+
+#: Post-training recipes by scheme (``intbert.RECIPES``; its module imports torch, so the names are repeated here
+#: and tests/test_cli.py checks that the two agree) and each scheme's default (``intbert.DEFAULT_RECIPES``: the most
+#: accurate on all-MiniLM-L6-v2, benchmarks/RESULTS.md "Recipes").
+RECIPE_NAMES = {"ibert": ("reference", "smooth"), "qdq": ("reference", "float-skip", "smooth", "smooth-float-skip")}
+DEFAULT_RECIPES = {"ibert": "smooth", "qdq": "smooth-float-skip"}
+#: --scheme -> the family name intbert.RECIPES uses.
+RECIPE_FAMILY = {"ibert": "ibert", "qdq": "qdqbert"}
+RECIPE_HELP = ("post-training recipe: where the quantizers sit and whether outliers are smoothed first (default: "
+               "smooth for I-BERT, smooth-float-skip for QDQBERT; I-BERT also takes reference, QDQBERT reference, "
+               "float-skip and smooth; docs/cli.md says what each does)")
 
 
-def check_method(scheme: str, method: str) -> None:
-    if method != "best" and method not in METHODS[scheme]:
+def check_method(scheme: str, method: str | None) -> None:
+    """None is the recipe's own method."""
+    if method is not None and method != "best" and method not in METHODS[scheme]:
         raise UsageError(f"--method {method} is not available for --scheme {scheme}; "
                          f"choose one of {', '.join(METHODS[scheme])} or best")
+
+
+def check_recipe(scheme: str, recipe: str | None) -> None:
+    """None is the scheme's default recipe."""
+    if recipe is not None and recipe not in RECIPE_NAMES[scheme]:
+        raise UsageError(f"--recipe {recipe} is not a {scheme} recipe; choose one of "
+                         f"{', '.join(RECIPE_NAMES[scheme])}")
+
+
+def add_recipe_options(parser: argparse.ArgumentParser, best: bool = True) -> None:
+    """--recipe and --method: the method overrides the recipe's calibration method."""
+    names = sorted({name for names in RECIPE_NAMES.values() for name in names})
+    parser.add_argument("--recipe", choices=names, help=RECIPE_HELP)
+    methods = ALL_METHODS if best else tuple(m for m in ALL_METHODS if m != "best")
+    parser.add_argument("--method", choices=methods,
+                        help="calibration method, instead of the recipe's (mse for I-BERT, max for QDQBERT's default "
+                             "recipe): I-BERT takes max, mse or ema; QDQBERT max, percentile, mse or entropy"
+                             + ("; best tries each and keeps the closest to float on a held-out quarter" if best
+                                else ""))
 
 
 def positive_int(text: str) -> int:

