@@ -266,12 +266,12 @@ def ctranslate2_int8(model_dir: str, out_dir: str, threads: int, vocab_size: int
 
 
 def intbert_qdq_graph(float_state: dict, config, calibration: list[dict], path: str, target: str = "onnxruntime"):
-    """A QDQBertModel with ``float_state`` (a BertModel's keys), calibrated with docs/export.md's CPU recipe
-    (no residual-add Q/DQ, max calibration, GELU10), exported with ``intbert.export_onnx``; returns the model."""
+    """A QDQBertModel with ``float_state`` (a BertModel's keys), quantized by QDQBERT's default recipe
+    (``smooth-float-skip``: outliers smoothed, no residual-add Q/DQ, max calibration), exported with
+    ``intbert.export_onnx``; returns the model."""
     need("onnxruntime", "onnx")
-    from intbert import export_onnx
-    from intbert.models.qdqbert import QDQBertConfig, QDQBertModel, calibrate_qdq, clip_gelu
-    from intbert.quantization import disable_quantizers
+    from intbert import apply_recipe, export_onnx
+    from intbert.models.qdqbert import QDQBertConfig, QDQBertModel
 
     fields = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
               "hidden_act", "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "pad_token_id")
@@ -281,9 +281,7 @@ def intbert_qdq_graph(float_state: dict, config, calibration: list[dict], path: 
     if missing:
         raise ValueError(f"the float weights lack {missing[:3]}")
     qdq.eval()
-    disable_quantizers(qdq, r"\.add_")
-    calibrate_qdq(qdq, calibration, method="max", progress=False)
-    clip_gelu(qdq, 10.0)
+    apply_recipe(qdq, calibration, "smooth-float-skip")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         export_onnx(qdq, path, target, dynamo=False)
