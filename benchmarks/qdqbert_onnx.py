@@ -41,7 +41,8 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 
 from intbert import export_onnx
 from intbert.data import mean_pooled_embeddings, minilm_path, rotten_tomatoes_sentences, tokenized_batches
-from intbert.export.ort_kernels import inspect_optimized_graph, make_session, u8s8_may_saturate
+from intbert.engine.backends.ort_gemm import u8s8_is_exact_for_8bit
+from intbert.export.ort_kernels import inspect_optimized_graph, make_session
 from intbert.models.qdqbert import QDQBertConfig, QDQBertModel, calibrate_qdq, clip_gelu
 from intbert.quantization import disable_quantizers
 from _machine import cpu_name, load  # benchmarks/_machine.py (scripts run from this folder)
@@ -227,7 +228,7 @@ def saturation(args, folder: str) -> None:
 
     calibrate_qdq(model, [batch(3, 7), batch(3, 7)], progress=False)
     checks = [batch(3, 7), batch(1, 13), batch(5, 3)]
-    print(f"\n### u8 x s8 saturation: tiny QDQBertModel (2 x 32), u8s8_may_saturate() = {u8s8_may_saturate()}\n")
+    print(f"\n### u8 x s8 saturation: tiny QDQBertModel (2 x 32), u8s8_is_exact_for_8bit() = {u8s8_is_exact_for_8bit()}\n")
     print("| reduce_range | weights written | max abs diff vs torch | mean abs diff |")
     print("|---|---|---|---|")
     for reduce_range in (None, False, True):
@@ -252,8 +253,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     ort.set_default_logger_severity(3)
-    saturate = u8s8_may_saturate()
-    print(f"device: cpu ({cpu_name()}), {os.cpu_count()} logical CPUs, u8s8 may saturate (no VNNI): {saturate}; "
+    saturate = not u8s8_is_exact_for_8bit()
+    print(f"device: cpu ({cpu_name()}), {os.cpu_count()} logical CPUs, u8s8 saturates (probe): {saturate}; "
           f"threads {args.threads} ({'process CPU time' if args.threads == 1 else 'wall clock'}); torch {torch.__version__}, onnxruntime {ort.__version__}, "
           f"transformers {transformers.__version__}; load average before: {load()}")
     with tempfile.TemporaryDirectory(prefix="intbert-bench-") as folder:

@@ -28,6 +28,7 @@ from intbert.engine.backends.ort_gemm import (  # noqa: E402
     OrtLinear,
     OrtUnavailableError,
     ort_available,
+    choose_kernel,
     u8s8_is_exact_for_8bit,
 )
 from intbert.errors import OverflowRiskError  # noqa: E402
@@ -144,6 +145,26 @@ def test_linear_on_a_saturating_cpu_uses_u8u8_and_refuses_u8s8(monkeypatch):
     assert OrtBatchedMatMul().kernel == "u8u8"
     with pytest.raises(OverflowRiskError, match="saturate"):
         OrtBatchedMatMul(kernel="u8s8")
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_one_saturation_answer_serves_the_backend_the_exporter_and_qdq_reduce_range(monkeypatch, exact):
+    """The probe is the only source of the verdict: flipping it flips every client's choice (the cpu backend's
+    automatic kernel, QDQBERT's reduce_range=None), while a portable choice (the I-BERT exporter's) never depends
+    on this machine: u8s8 only where no CPU can saturate (|operand| <= 64)."""
+    from intbert.export.qdq_onnx import _resolve_reduce_range
+
+    monkeypatch.setattr(ort_gemm, "u8s8_is_exact_for_8bit", lambda: exact)
+    assert choose_kernel(None, 127, "test") == ("u8s8" if exact else "u8u8")
+    assert choose_kernel(None, U8S8_SAFE_WEIGHT_MAX, "test") == "u8s8"
+    assert choose_kernel(None, 127, "test", portable=True) == "u8u8"
+    assert choose_kernel(None, U8S8_SAFE_WEIGHT_MAX, "test", portable=True) == "u8s8"
+    assert _resolve_reduce_range("onnxruntime", None) is (not exact)
+    if exact:
+        assert choose_kernel("u8s8", 128, "test", portable=True) == "u8s8"
+    else:
+        with pytest.raises(OverflowRiskError, match="saturates"):
+            choose_kernel("u8s8", 128, "test", portable=True)
 
 
 def test_probe_verdict_matches_a_full_range_u8s8_product():

@@ -321,7 +321,7 @@ def test_u8s8_kernel_where_exact_stores_int8_operands_and_is_bit_identical(tmp_p
 
 
 def test_u8s8_kernel_is_refused_where_it_saturates(tmp_path, monkeypatch):
-    monkeypatch.setattr(ibert_onnx, "u8s8_is_exact_for_8bit", lambda: False)
+    monkeypatch.setattr(ort_gemm, "u8s8_is_exact_for_8bit", lambda: False)  # the one saturation answer
     with pytest.raises(OverflowRiskError, match="saturates"):
         export_onnx(_frozen("model"), tmp_path / "m.onnx", kernel="u8s8")
     assert not (tmp_path / "m.onnx").exists()

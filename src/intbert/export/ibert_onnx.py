@@ -34,7 +34,7 @@ from ..engine import FrozenIBert, freeze
 from ..engine.model import IntegerIBertModel
 from ..engine.backends import onnx_intops as oi
 from ..engine.modules import IntLinear, Requant
-from ..engine.backends.ort_gemm import ACTIVATION_ZERO_POINT, MAX_K, U8S8_SAFE_WEIGHT_MAX, u8s8_is_exact_for_8bit
+from ..engine.backends.ort_gemm import ACTIVATION_ZERO_POINT, INT8_ABS_MAX, KERNELS, MAX_K, choose_kernel
 from ..errors import OverflowRiskError
 from ..models.ibert.modeling_ibert import IBertPreTrainedModel
 from .errors import ExportError
@@ -48,8 +48,6 @@ OPSET = 18
 IR_VERSION = 8
 #: The int8 hidden states, as the engine computes them (``frozen.encoder.encode``).
 INT8_OUTPUT = "last_hidden_state_int8"
-#: ``kernel=`` values; see `export_ibert_onnx`.
-KERNELS = ("u8s8", "u8u8")
 
 #: Head -> its ModelOutput fields in the graph (before last_hidden_state and INT8_OUTPUT, added to every head).
 HEAD_OUTPUTS: dict[str, tuple[str, ...]] = {
@@ -127,25 +125,18 @@ def _linears(encoder: IntegerIBertModel) -> list[IntLinear]:
 
 
 def _choose_kernels(encoder: IntegerIBertModel, kernel: str | None) -> tuple[str, str]:
-    """(weight kernel, attention kernel), exact on the CPUs the choice is made for (engine.backends.ort_gemm's facts).
+    """(weight kernel, attention kernel) from ``ort_gemm.choose_kernel``, for a file that may run on any CPU.
 
-    u8 x s8 adds pairs of products in a saturating int16 on AVX2 CPUs without VNNI: exact only for |s8| <= 64.
-    u8 x u8 is exact for any operands on every CPU. ``None`` gives a file that is exact everywhere: u8s8 for weights
-    of at most 7 bits (|w| <= 63), u8u8 for 8-bit weights and for the attention GEMMs (full-range activations).
+    ``None`` gives a file exact everywhere (``portable``): u8s8 for weights of at most 7 bits (|w| <= 63: no int16
+    pair sum can saturate), u8u8 for 8-bit weights and for the attention GEMMs (full-range activations).
     ``"u8s8"`` everywhere is exact only on CPUs whose u8s8 kernel accumulates in int32 (VNNI, AMX, ARM): refused
     when this machine's saturation probe fails.
     """
-    if kernel is None:
-        w_max = max((int(lin.weight.to(torch.int16).abs().max()) for lin in _linears(encoder) if lin.weight.numel()),
-                    default=0)
-        return ("u8s8" if w_max <= U8S8_SAFE_WEIGHT_MAX else "u8u8"), "u8u8"
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS} or None (exact on every CPU), got {kernel!r}")
-    if kernel == "u8s8" and not u8s8_is_exact_for_8bit():
-        raise OverflowRiskError(
-            "kernel='u8s8' multiplies full-range int8 operands, which this CPU's u8 x s8 kernel saturates (int16 pair "
-            "sums, vpmaddubsw without VNNI); use kernel=None (exact on every CPU) or export on a VNNI/AMX/ARM machine")
-    return kernel, kernel
+    w_max = max((int(lin.weight.to(torch.int16).abs().max()) for lin in _linears(encoder) if lin.weight.numel()),
+                default=0)
+    weight = choose_kernel(kernel, w_max, "export_ibert_onnx", portable=True)
+    attention = choose_kernel(kernel, INT8_ABS_MAX, "export_ibert_onnx", portable=True)
+    return weight, attention
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,21 +1,23 @@
-"""What onnxruntime actually runs: its optimized graph, the int8 kernels in it, and the CPU's int8 dot-product path.
+"""What onnxruntime actually runs: its optimized graph and the int8 kernels in it.
 
 An ONNX file full of Q/DQ nodes proves nothing about speed: ORT runs a Q/DQ graph as float32 unless its QDQ fusion
 turns ``DQ -> MatMul`` into an integer kernel, and it silently skips the fusion when a condition fails (static shapes
 folded into a float Gemm first, int8 activations fanned out to several MatMuls, per-channel activation scales). So the
 graph ORT has optimized (``SessionOptions.optimized_model_filepath``) is read back and its node types counted.
+
+Whether ORT's u8 x s8 kernel saturates on this CPU is measured, not read from CPU flags, by one probe:
+``intbert.engine.backends.ort_gemm.u8s8_is_exact_for_8bit`` (its module docstring says why).
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["INT8_KERNELS", "OptimizedGraph", "inspect_optimized_graph", "u8s8_may_saturate", "make_session"]
+__all__ = ["INT8_KERNELS", "OptimizedGraph", "inspect_optimized_graph", "make_session"]
 
 # ORT CPU ops that multiply 8-bit integers (contrib ops in the com.microsoft domain included).
 INT8_KERNELS = frozenset({
@@ -89,38 +91,3 @@ def inspect_optimized_graph(onnx_path: str | os.PathLike, *, threads: int | None
         session = make_session(onnx_path, threads=threads, optimized_path=optimized)
         graph = _count(onnx.load(optimized, load_external_data=False))
     return session, graph
-
-
-def u8s8_may_saturate() -> bool | None:
-    """Whether ORT's u8 x s8 GEMM on this CPU can saturate: True on x86 without an int32-accumulating int8 dot product.
-
-    MLAS's AVX2 (and AVX-512 without VNNI) kernel multiplies u8 x s8 with ``vpmaddubsw``, which adds each pair of
-    products in saturating int16: ``2 * 255 * 128 = 65280 > 32767``, so full 8-bit weights can overflow. AVX512-VNNI /
-    AVX-VNNI (``vpdpbusd``) and AMX accumulate in int32, and ARM's kernels widen before adding: False there. ``None``
-    when it cannot be told.
-
-    The features come from CPUID (torch's cpuinfo), as MLAS picks its kernel, not from /proc/cpuinfo: under an
-    emulated CPU (qemu -cpu ...) the two disagree and only CPUID tells what MLAS will run.
-    """
-    machine = platform.machine().lower()
-    if machine in ("aarch64", "arm64"):
-        return False
-    if machine not in ("x86_64", "amd64", "i386", "i686"):
-        return None
-    try:
-        import torch
-
-        capabilities = torch.cpu.get_capabilities()
-    except (AttributeError, RuntimeError):  # torch without cpuinfo capabilities: fall back to the kernel's view
-        capabilities = None
-    if capabilities:
-        return not any(capabilities.get(flag) for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
-    except OSError:
-        return None
-    return None

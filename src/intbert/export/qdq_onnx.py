@@ -284,9 +284,9 @@ def _resolve_reduce_range(target: str, reduce_range: bool | None) -> bool:
             raise ValueError("reduce_range applies to target='onnxruntime' only (TensorRT has no u8 x s8 saturation)")
         return False
     if reduce_range is None:
-        from .ort_kernels import u8s8_may_saturate
+        from ..engine.backends.ort_gemm import u8s8_is_exact_for_8bit
 
-        return u8s8_may_saturate() is True
+        return not u8s8_is_exact_for_8bit()
     return bool(reduce_range)
 
 

@@ -17,14 +17,18 @@ Two MLAS kernels, and when each is exact:
   32,130, full 8-bit weights 2 * 255 * 127 = 64,770, which saturates (and on such a CPU random
   full-range data already comes out wrong). With AVX512-VNNI / AVX-VNNI / AMX the kernel accumulates
   each product in int32 (``vpdpbusd``, AMX ``tdpbusd``) and is exact for any int8. Which kernel MLAS picked is decided
-  once per process from CPUID, so :func:`u8s8_is_exact_for_8bit` runs a saturating probe through it.
+  once per process from CPUID, so :func:`u8s8_is_exact_for_8bit` runs a saturating probe through it. That probe is the
+  package's one answer to the saturation question (the cpu backend, the I-BERT exporter and QDQBERT's
+  ``reduce_range=None`` ask it): CPU feature flags are not consulted, since they only predict what MLAS runs, and
+  under an emulated CPU (``qemu -cpu ...``) CPUID and /proc/cpuinfo disagree; running the kernel measures it.
 * **u8 x u8** (``"u8u8"``). On x86 MLAS widens both operands to int16 and multiplies with ``vpmaddwd``
   (int16 x int16 pairs summed into int32: at most 2 * 255 * 255 = 130,050), or uses ``vpdpbuud``
   (AVX-VNNI-INT8), or NEON ``udot``: exact for any u8 on every CPU. The weight is stored as w + 128 with
   zero point 128. It runs at about 0.75x the u8s8 speed on AVX2 (and at about 0.3x u8s8 on VNNI CPUs).
 
-Kernel choice (``kernel=None``): u8s8 when its pair sums cannot saturate (max|w| <= 64) or when this
-CPU's u8s8 kernel is exact for full int8; otherwise u8u8. Splitting an 8-bit weight into two 7-bit-safe
+Kernel choice (:func:`choose_kernel`, ``kernel=None``): u8s8 when its pair sums cannot saturate (max|w| <= 64)
+or when this CPU's u8s8 kernel is exact for full int8; otherwise u8u8. A file written for other CPUs (the ONNX
+exporter: ``portable=True``) takes u8s8 only where it cannot saturate anywhere. Splitting an 8-bit weight into two 7-bit-safe
 halves (``w = ceil(w/2) + floor(w/2)``, both in [-64, 64], run as one u8s8 GEMM with 2N columns) is exact
 everywhere too, but loses to that choice: on a VNNI CPU it measured ~0.45x plain u8s8, and without VNNI
 it does twice the u8s8 work (~165 GOPS per core on the baseline EPYC, so ~80 effective) where u8u8 runs
@@ -51,6 +55,8 @@ from ...errors import OverflowRiskError
 KERNELS = ("u8s8", "u8u8")
 #: Activations are int8 values stored as uint8 with this zero point (q + 128).
 ACTIVATION_ZERO_POINT = 128
+#: Largest |q| of an int8 operand (-128): a full-range activation, the right operand of the attention GEMMs.
+INT8_ABS_MAX = 128
 #: Largest u8 operand value.
 U8_MAX = 255
 #: vpmaddubsw saturates a pair of u8*s8 products at the int16 maximum.
@@ -211,18 +217,28 @@ def u8s8_is_exact_for_8bit() -> bool:
     return True
 
 
-def _choose_kernel(requested: str | None, operand_max: int, what: str) -> str:
-    """The kernel for a product whose signed operand has |value| <= operand_max."""
-    safe = operand_max <= U8S8_SAFE_WEIGHT_MAX
+def choose_kernel(requested: str | None, operand_max: int, what: str, *, portable: bool = False) -> str:
+    """The MatMulInteger kernel for a product whose signed operand has |value| <= ``operand_max``.
+
+    The one answer in the package to "can u8 x s8 saturate?": the cpu backend (``OrtLinear``,
+    ``OrtBatchedMatMul``, for this process's CPU) and the ONNX exporter (for a file that may run on
+    any CPU) both ask here. u8s8 cannot saturate when operand_max <= U8S8_SAFE_WEIGHT_MAX (64) on any
+    CPU; for wider operands it is exact only where :func:`u8s8_is_exact_for_8bit` (the probe) holds.
+
+    ``requested``: None (automatic: u8s8 where exact, else u8u8; with ``portable`` only where exact on
+    every CPU, so wider operands get u8u8 even on a VNNI machine), ``"u8s8"`` (refused with
+    :class:`OverflowRiskError` where it could saturate here) or ``"u8u8"`` (exact everywhere).
+    """
+    cannot_saturate = operand_max <= U8S8_SAFE_WEIGHT_MAX
     if requested is None:
-        return "u8s8" if safe or u8s8_is_exact_for_8bit() else "u8u8"
+        return "u8s8" if cannot_saturate or (not portable and u8s8_is_exact_for_8bit()) else "u8u8"
     if requested not in KERNELS:
         raise ValueError(f"{what}: kernel must be one of {KERNELS} or None (automatic), got {requested!r}")
-    if requested == "u8s8" and not safe and not u8s8_is_exact_for_8bit():
+    if requested == "u8s8" and not cannot_saturate and not u8s8_is_exact_for_8bit():
         raise OverflowRiskError(
-            f"{what}: kernel='u8s8' with operands up to |{operand_max}| would saturate int16 pair sums on this CPU "
-            f"(2 * 255 * {operand_max} > {INT16_MAX}: vpmaddubsw without VNNI); use weights of at most 7 bits, "
-            f"kernel='u8u8' or kernel=None")
+            f"{what}: kernel='u8s8' with operands up to |{operand_max}|, which this CPU's u8 x s8 kernel saturates "
+            f"(int16 pair sums: 2 * 255 * {operand_max} > {INT16_MAX}, vpmaddubsw without VNNI); use weights of at "
+            f"most 7 bits, kernel='u8u8' or kernel=None, or run on a VNNI/AMX/ARM machine")
     return requested
 
 
@@ -264,7 +280,7 @@ class OrtLinear:
         if w_max > limit:
             raise OverflowRiskError(f"OrtLinear: weight holds |w| = {w_max}, outside the {weight_bits}-bit range "
                                     f"[-{limit}, {limit}]; requantize the weight or raise weight_bits")
-        self.kernel = _choose_kernel(kernel, w_max, "OrtLinear")
+        self.kernel = choose_kernel(kernel, w_max, "OrtLinear")
         self.num_threads = _resolve_threads(num_threads)
 
         # MatMulInteger computes A[M, K] @ B[K, N]: B is the transposed weight. For u8u8 it is stored as
@@ -316,7 +332,7 @@ class OrtBatchedMatMul:
 
     def __init__(self, num_threads: int | None = None, kernel: str | None = None):
         self.num_threads = _resolve_threads(num_threads)
-        self.kernel = _choose_kernel(kernel, 128, "OrtBatchedMatMul")
+        self.kernel = choose_kernel(kernel, INT8_ABS_MAX, "OrtBatchedMatMul")
         self._sessions: dict[tuple[int, int], Any] = {}
 
     def _session(self, a_zero_point: int, b_zero_point: int):
