@@ -33,7 +33,6 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.nn import CrossEntropyLoss
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
@@ -50,8 +49,20 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
+from transformers.utils import TransformersKwargs, can_return_tuple
+from typing_extensions import Unpack
 
-from intbert.models.common import check_attention_heads, sequence_classification_loss
+from intbert.models.common import (
+    causal_lm_loss,
+    check_attention_heads,
+    choice_loss,
+    flatten_choices,
+    masked_lm_loss,
+    num_choices,
+    sequence_classification_loss,
+    span_loss,
+    token_classification_loss,
+)
 from intbert.models.qdqbert.checkpoint import register_checkpoint_amax
 from intbert.models.qdqbert.configuration_qdqbert import QDQBertConfig
 from intbert.quantization import QuantDescriptor, TensorQuantizer
@@ -495,6 +506,8 @@ class QDQBertPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False
     _supports_flex_attn = False
     _no_split_modules = ["QDQBertEmbeddings", "QDQBertLayer"]
+    # The heads' losses are per-batch means (models/common.py says why Trainer must know).
+    accepts_loss_kwargs = False
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -647,6 +660,7 @@ class QDQBertModel(QDQBertPreTrainedModel):
             )
         return head_mask[:, None, :, None, None].to(dtype)
 
+    @can_return_tuple  # return_dict=False: the fields below in order, None ones dropped
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -661,13 +675,11 @@ class QDQBertModel(QDQBertPreTrainedModel):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         cache_position: torch.Tensor | None = None,  # accepted for GenerationMixin; positions follow the cache length
-    ) -> BaseModelOutputWithPoolingAndCrossAttentions | tuple:
+    ) -> BaseModelOutputWithPoolingAndCrossAttentions:
         config = self.config
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        return_dict = config.return_dict if return_dict is None else return_dict
         use_cache = (config.use_cache if use_cache is None else use_cache) and config.is_decoder
 
         past_key_values = _as_cache(past_key_values)
@@ -715,7 +727,7 @@ class QDQBertModel(QDQBertPreTrainedModel):
             output_hidden_states=output_hidden_states,
         )
         sequence_output = encoder_outputs.last_hidden_state
-        output = BaseModelOutputWithPoolingAndCrossAttentions(
+        return BaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=sequence_output,
             pooler_output=self.pooler(sequence_output) if self.pooler is not None else None,
             past_key_values=past_key_values,
@@ -723,7 +735,6 @@ class QDQBertModel(QDQBertPreTrainedModel):
             attentions=encoder_outputs.attentions,
             cross_attentions=encoder_outputs.cross_attentions,
         )
-        return output if return_dict else output.to_tuple()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -777,11 +788,17 @@ _MLM_TIED_WEIGHTS = {
     "cls.predictions.decoder.bias": "cls.predictions.bias",
 }
 
+# Every head below: the tensors a user passes are named arguments; ``**kwargs`` carries transformers' options
+# (``output_attentions``, ``output_hidden_states``) on to QDQBertModel, which refuses any name it does not know;
+# ``@can_return_tuple`` turns ``return_dict=False`` (or ``config.return_dict=False``) into BERT's tuple, the
+# ModelOutput's fields in order with the absent (None) ones dropped: ``(loss, logits, hidden_states, attentions)``.
+# The losses are shared with I-BERT (models/common.py).
 
-def _finish(output, return_dict: bool | None, config: QDQBertConfig):
-    """ModelOutput, or BERT's tuple: ``(loss, logits, ...)`` with the absent (None) fields dropped."""
-    return_dict = config.return_dict if return_dict is None else return_dict
-    return output if return_dict else output.to_tuple()
+
+def _encoder_options(kwargs: dict) -> dict:
+    """The options QDQBertModel takes from what GenerationMixin hands the decoder's forward (it adds model kwargs
+    of its own, which the decoder ignores, as transformers' does)."""
+    return {k: kwargs[k] for k in ("output_attentions", "output_hidden_states") if k in kwargs}
 
 
 class QDQBertLMHeadModel(QDQBertPreTrainedModel, GenerationMixin):
@@ -805,6 +822,7 @@ class QDQBertLMHeadModel(QDQBertPreTrainedModel, GenerationMixin):
         self.cls.predictions.decoder = new_embeddings
         self.cls.predictions.bias = new_embeddings.bias
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -818,44 +836,25 @@ class QDQBertLMHeadModel(QDQBertPreTrainedModel, GenerationMixin):
         labels: torch.Tensor | None = None,
         past_key_values: Cache | tuple | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        cache_position: torch.Tensor | None = None,
-        **kwargs,  # GenerationMixin passes extra model kwargs; unknown ones are ignored as in transformers
-    ) -> CausalLMOutputWithCrossAttentions | tuple:
-        if labels is not None:
-            use_cache = False
+        cache_position: torch.Tensor | None = None,  # GenerationMixin's; positions follow the cache length
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> CausalLMOutputWithCrossAttentions:
+        """``labels``: the input ids (shifted inside), -100 where no loss applies."""
         outputs = self.bert(
-            input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            head_mask=head_mask,
-            inputs_embeds=inputs_embeds,
-            encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-        )
+            input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+            encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
+            past_key_values=past_key_values, use_cache=False if labels is not None else use_cache,
+            return_dict=True, **_encoder_options(kwargs),
+        )  # fmt: skip
         logits = self.cls(outputs.last_hidden_state)
-        loss = None
-        if labels is not None:
-            # Token t predicts token t + 1: drop the last prediction and the first label.
-            shifted = logits[:, :-1].contiguous()
-            loss = CrossEntropyLoss()(shifted.view(-1, self.config.vocab_size), labels[:, 1:].contiguous().view(-1))
-        output = CausalLMOutputWithCrossAttentions(
-            loss=loss,
+        return CausalLMOutputWithCrossAttentions(
+            loss=causal_lm_loss(logits, labels),
             logits=logits,
             past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             cross_attentions=outputs.cross_attentions,
         )
-        return _finish(output, return_dict, self.config)
 
 
 class QDQBertForMaskedLM(QDQBertPreTrainedModel):
@@ -873,6 +872,7 @@ class QDQBertForMaskedLM(QDQBertPreTrainedModel):
     get_output_embeddings = QDQBertLMHeadModel.get_output_embeddings
     set_output_embeddings = QDQBertLMHeadModel.set_output_embeddings
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -882,23 +882,14 @@ class QDQBertForMaskedLM(QDQBertPreTrainedModel):
         head_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> MaskedLMOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MaskedLMOutput:
         """``labels``: token ids where the loss applies, -100 elsewhere."""
-        outputs = self.bert(
-            input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
-        )  # fmt: skip
+        outputs = self.bert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                            return_dict=True, **kwargs)
         logits = self.cls(outputs.last_hidden_state)
-        loss = None
-        if labels is not None:
-            loss = CrossEntropyLoss()(logits.view(-1, self.config.vocab_size), labels.view(-1))
-        output = MaskedLMOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
-        return _finish(output, return_dict, self.config)
+        return MaskedLMOutput(loss=masked_lm_loss(logits, labels), logits=logits,
+                              hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
 class QDQBertForNextSentencePrediction(QDQBertPreTrainedModel):
@@ -908,6 +899,7 @@ class QDQBertForNextSentencePrediction(QDQBertPreTrainedModel):
         self.cls = QDQBertOnlyNSPHead(config)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -917,21 +909,14 @@ class QDQBertForNextSentencePrediction(QDQBertPreTrainedModel):
         head_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> NextSentencePredictorOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> NextSentencePredictorOutput:
         """``labels``: 0 if sentence B follows sentence A, 1 if B is random."""
-        outputs = self.bert(
-            input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
-        )  # fmt: skip
-        logits = self.cls(outputs.pooler_output)
-        loss = CrossEntropyLoss()(logits.view(-1, 2), labels.view(-1)) if labels is not None else None
-        output = NextSentencePredictorOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
-        return _finish(output, return_dict, self.config)
+        outputs = self.bert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                            return_dict=True, **kwargs)
+        logits = self.cls(outputs.pooler_output)  # (B, 2)
+        return NextSentencePredictorOutput(loss=choice_loss(logits, labels), logits=logits,
+                                           hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
 class QDQBertForSequenceClassification(QDQBertPreTrainedModel):
@@ -946,6 +931,7 @@ class QDQBertForSequenceClassification(QDQBertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -955,20 +941,13 @@ class QDQBertForSequenceClassification(QDQBertPreTrainedModel):
         head_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> SequenceClassifierOutput | tuple:
-        outputs = self.bert(
-            input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
-        )  # fmt: skip
-        logits = self.classifier(self.dropout(outputs.pooler_output))
-        loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        output = SequenceClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
-        return _finish(output, return_dict, self.config)
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> SequenceClassifierOutput:
+        outputs = self.bert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                            return_dict=True, **kwargs)
+        logits = self.classifier(self.dropout(outputs.pooler_output))  # (B, num_labels)
+        return SequenceClassifierOutput(loss=sequence_classification_loss(logits, labels, self.config), logits=logits,
+                                        hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
 class QDQBertForMultipleChoice(QDQBertPreTrainedModel):
@@ -982,6 +961,7 @@ class QDQBertForMultipleChoice(QDQBertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, 1)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -991,30 +971,16 @@ class QDQBertForMultipleChoice(QDQBertPreTrainedModel):
         head_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> MultipleChoiceModelOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MultipleChoiceModelOutput:
         """``labels``: (batch,) index of the right choice."""
-        reference = input_ids if input_ids is not None else inputs_embeds
-        if reference is None or reference.dim() < 3:
-            raise ValueError("multiple choice inputs must have shape (batch, num_choices, seq_length[, hidden])")
-        num_choices = reference.shape[1]
-
-        def flat(x: torch.Tensor | None) -> torch.Tensor | None:  # (B, C, S, ...) -> (B*C, S, ...)
-            return None if x is None else x.reshape(-1, *x.shape[2:])
-
-        outputs = self.bert(
-            flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids), head_mask,
-            flat(inputs_embeds), output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-            return_dict=True,
-        )  # fmt: skip
-        logits = self.classifier(self.dropout(outputs.pooler_output)).view(-1, num_choices)  # (B, C)
-        loss = CrossEntropyLoss()(logits, labels) if labels is not None else None
-        output = MultipleChoiceModelOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
-        return _finish(output, return_dict, self.config)
+        choices = num_choices(input_ids, inputs_embeds)
+        flat = flatten_choices
+        outputs = self.bert(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids), head_mask,
+                            flat(inputs_embeds), return_dict=True, **kwargs)
+        logits = self.classifier(self.dropout(outputs.pooler_output)).view(-1, choices)  # (B, C)
+        return MultipleChoiceModelOutput(loss=choice_loss(logits, labels), logits=logits,
+                                         hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
 class QDQBertForTokenClassification(QDQBertPreTrainedModel):
@@ -1027,6 +993,7 @@ class QDQBertForTokenClassification(QDQBertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -1036,23 +1003,14 @@ class QDQBertForTokenClassification(QDQBertPreTrainedModel):
         head_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> TokenClassifierOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> TokenClassifierOutput:
         """``labels``: (batch, seq) label ids, -100 where no loss applies."""
-        outputs = self.bert(
-            input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
-        )  # fmt: skip
-        logits = self.classifier(self.dropout(outputs.last_hidden_state))
-        loss = None
-        if labels is not None:
-            loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
-        output = TokenClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
-        return _finish(output, return_dict, self.config)
+        outputs = self.bert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                            return_dict=True, **kwargs)
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (B, L, num_labels)
+        return TokenClassifierOutput(loss=token_classification_loss(logits, labels), logits=logits,
+                                     hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
 class QDQBertForQuestionAnswering(QDQBertPreTrainedModel):
@@ -1066,6 +1024,7 @@ class QDQBertForQuestionAnswering(QDQBertPreTrainedModel):
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -1076,32 +1035,20 @@ class QDQBertForQuestionAnswering(QDQBertPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         start_positions: torch.Tensor | None = None,
         end_positions: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> QuestionAnsweringModelOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> QuestionAnsweringModelOutput:
         """Positions outside the sequence are clamped to ``seq_length`` and ignored by the loss, as in BERT."""
-        outputs = self.bert(
-            input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
-        )  # fmt: skip
+        outputs = self.bert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                            return_dict=True, **kwargs)
         start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).split(1, dim=-1)
         start_logits, end_logits = start_logits.squeeze(-1).contiguous(), end_logits.squeeze(-1).contiguous()
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            ignored = start_logits.shape[1]
-            start = start_positions.view(-1).clamp(0, ignored)
-            end = end_positions.view(-1).clamp(0, ignored)
-            loss_fct = CrossEntropyLoss(ignore_index=ignored)
-            loss = (loss_fct(start_logits, start) + loss_fct(end_logits, end)) / 2
-        output = QuestionAnsweringModelOutput(
-            loss=loss,
+        return QuestionAnsweringModelOutput(
+            loss=span_loss(start_logits, end_logits, start_positions, end_positions),
             start_logits=start_logits,
             end_logits=end_logits,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-        return _finish(output, return_dict, self.config)
 
 
 __all__ = [
