@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# A compiled twin (intbert.quantization.fused) that fails to compile raises in tests instead of falling back to
+# its eager definition: the fallback would let every twin test compare the eager definition with itself. Set
+# before intbert is imported (fused reads it once); subprocesses (CLI tests) inherit it.
+os.environ["INTBERT_COMPILE_STRICT"] = "1"
 
 
 def pytest_collection_modifyitems(config, items):
