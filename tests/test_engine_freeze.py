@@ -202,6 +202,16 @@ def test_a_bias_that_does_not_fit_raises_naming_the_layer_and_channel_at_calibra
         freeze(model)
 
 
+def test_freeze_refuses_a_bias_edited_through_data_after_calibration_naming_the_layer():
+    """An eval forward checks the bias bound once per weights, so a ``.data`` edit since then slips past it; freeze
+    must still refuse (its tracing forward re-checks after eval() clears the cache, and integer_bias checks again)."""
+    model = calibrated(build(intbert.IBertModel, tiny_config(True)))
+    model(**batch(1))  # eval forward: bound checked for these weights
+    model.encoder.layer[0].attention.self.value.bias.data[3] = 1e9
+    with pytest.raises(OverflowRiskError, match=r"encoder\.layer\.0\.attention\.self\.value: .*output channel 3"):
+        freeze(model)
+
+
 def test_engine_refuses_inputs_embeds_head_mask_and_bad_ids():
     frozen = freeze(head_model("model", quant=True))
     x = batch(1)

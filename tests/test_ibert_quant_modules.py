@@ -10,6 +10,7 @@ origin. Where transformers' own modules import, the dequantized outputs are comp
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -351,6 +352,34 @@ def test_quant_linear_weight_scale_integers_and_exact_accumulation(per_channel):
     dq = F.linear(X_LIN, W_LIN, lin.bias.detach())
     # error: one weight half-LSB per input term, one bias half-LSB
     assert (y - dq).abs().max() <= (want_sw * (X_LIN.abs().sum(1, keepdim=True) / 2 + 0.5)).max()
+
+
+def test_quant_linear_integer_bias_is_the_forwards_bias_at_any_input_scale_and_writes_nothing():
+    """freeze asks integer_bias(S_x) for the bias instead of reading what the last forward left in bias_integer."""
+    lin = _linear(True).eval()
+    lin(X_LIN, torch.tensor([1.0]))
+    stored = lin.bias_integer
+    assert torch.equal(lin.integer_bias(torch.tensor([1.0])), stored)
+    s_b = lin.fc_scaling_factor.double() * 0.25
+    other = lin.integer_bias(0.25)  # a Python float works as a scale too
+    assert other.dtype == torch.int32
+    assert other.tolist() == [round(Fraction(b) / Fraction(s)) for b, s in zip(lin.bias.tolist(), s_b.tolist())]
+    assert not torch.equal(other, stored)
+    assert lin.bias_integer is stored and torch.equal(stored, lin.integer_bias(torch.tensor(1.0)))  # not overwritten
+    assert _linear(True, bias=False).integer_bias(torch.tensor([1.0])) is None
+
+
+def test_quant_linear_integer_bias_checks_the_bound_even_after_a_data_edit_the_forward_skips():
+    lin = Q.QuantLinear(33, 4, per_channel=True, quant_mode=True).eval()
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(4, 33, generator=gen(7)))
+    s_in = torch.tensor([0.05])
+    lin(torch.zeros(2, 33), s_in)  # checked once for these weights (eval)
+    lin.bias.data[2] = 1e9  # .data bypasses the version counter: the eval forward does not check again
+    lin(torch.zeros(2, 33), s_in)
+    with pytest.raises(OverflowRiskError, match="output channel 2") as info:
+        lin.integer_bias(s_in)
+    assert info.value.module is lin
 
 
 def test_quant_linear_without_bias_works():

@@ -142,24 +142,14 @@ def _residual(act: QuantAct, rec: _ScaleRecorder, where: str) -> ResidualRequant
     return ResidualRequant(_requant(act, r, "x", where + " (input)"), _requant(act, r, "id", where + " (residual)"))
 
 
-def _check_bias(lin: QuantLinear, s_b: torch.Tensor, where: str) -> None:
-    """The stored bias integers are round(b / S_b) itself, not a clamped stand-in (QuantLinear refuses a bias that
-    does not fit, but only once per weights in eval: a bias edited through ``.data`` since then is caught here)."""
-    exact = torch.round(lin.bias.detach().double() / s_b.to(lin.bias.device).double())
-    off = exact != lin.bias_integer.double()
-    if bool(off.any()):
-        c = int(off.nonzero()[0, 0])
-        raise OverflowRiskError(f"{where}: output channel {c}'s bias {float(lin.bias[c]):.6g} needs the integer "
-                                f"{float(exact[c]):.4g} at its scale, which does not fit the int32 accumulator beside "
-                                "the GEMM; fold the bias into the next layer or prune the channel")
-
-
 def _linear(lin: QuantLinear, rec: _ScaleRecorder, where: str) -> IntLinear:
-    s_b = rec[lin]["out_scale"]  # it ran, so bias_integer holds the bias on this input scale (QuantLinear.forward sets it)
     weight, _ = lin.quantized_weight()
-    if lin.bias is not None:
-        _check_bias(lin, s_b, where)
-    bias = lin.bias_integer if lin.bias is not None else torch.zeros(lin.out_features, dtype=torch.int32)
+    # The bias integers at the input scale the tracing forward recorded, computed afresh (not read back from the
+    # ``bias_integer`` the forward left) and bound-checked by QuantLinear itself. The tracing forward checked them too
+    # (base.eval() cleared the weight cache), so this is the same answer, asked of its one definition.
+    bias = lin.integer_bias(rec[lin]["s_x"])
+    if bias is None:
+        bias = torch.zeros(lin.out_features, dtype=torch.int32)
     _check_gemm(lin.in_features, ACT_BOUND, 2 ** (lin.weight_bit - 1), int(bias.abs().max()), where)
     return IntLinear(weight.clone(), bias.clone(), lin.weight_bit)
 
@@ -280,10 +270,10 @@ def integer_encoder(base: IBertModel, backend: str | None = None) -> IntegerIBer
         with torch.no_grad(), _ScaleRecorder(base) as rec:
             try:
                 base(input_ids=ids)
+                embeddings = _embeddings(base.embeddings, rec)
+                layers = [_layer(layer, rec, i, config) for i, layer in enumerate(base.encoder.layer)]
             except OverflowRiskError as err:  # raised by a module (a bias that does not fit): name the layer
                 raise named_overflow(base, err) from None
-            embeddings = _embeddings(base.embeddings, rec)
-            layers = [_layer(layer, rec, i, config) for i, layer in enumerate(base.encoder.layer)]
     finally:
         base.train(was_training)
     _report_true_hidden_states(base, embeddings, layers)

@@ -354,6 +354,7 @@ class QuantLinear(_CachedWeightMixin, nn.Module):
     full range [-(2^(wb-1)-1), 2^(wb-1)-1] (the reference clamps to 126: fix (g)); S_b = S_w * S_x and
     q_b = round_half_even(b / S_b); y = q_x @ q_w^T + q_b (int64, exact) with scale S_b.
     forward(x, prev_act_scaling_factor) -> (y, S_b). ``bias=False`` works (the reference crashes: fix (d)).
+    ``integer_bias(S_x)`` gives q_b for an input scale without a forward and without writing anything (freeze uses it).
 
     The bias must fit the int32 accumulator beside the GEMM: |q_b| <= 2^31 - 1 - K*128*2^(wb-1). The
     reference clamps it silently: an all-zero (pruned) row got S_w = 1e-8/127, so a bias of 1 needed
@@ -383,6 +384,7 @@ class QuantLinear(_CachedWeightMixin, nn.Module):
         self.quant_mode = quant_mode
         self.percentile_mode = False
         self._cache = _WeightCache()
+        self._bias_checked = False  # the bias bound held for the current weights (eval mode; see forward)
 
     def extra_repr(self):
         return (
@@ -410,11 +412,59 @@ class QuantLinear(_CachedWeightMixin, nn.Module):
                 self._bias_checked = False
         return self.weight_integer, self.fc_scaling_factor
 
+    def bias_limit(self) -> int:
+        """The largest |q_b| the int32 accumulator holds beside the GEMM (and within ``bias_bit`` bits)."""
+        a_bound, b_bound = self._gemm_bounds()
+        # |sum_k q_x q_w| <= K * 128 * 2^(wb-1) = gemm_bound (50,331,648 for K = 3072): an exact int32 sum.
+        gemm_bound = self.in_features * a_bound * b_bound
+        # The int32 accumulator starts at the bias: |q_b| <= 2^31 - 1 - gemm_bound keeps the sum in int32.
+        return min(intops.INT32_MAX - gemm_bound, 2 ** (self.bias_bit - 1) - 1)
+
+    def _gemm_bounds(self) -> tuple[int, int]:
+        """(|q_x| bound, |q_w| bound): 128 for the int8 input, 2^(wb-1) for the weight (int_matmul's bounds)."""
+        lo, _ = intops.qrange(LINEAR_INPUT_BITS)
+        return -lo, 2 ** (self.weight_bit - 1)
+
+    def _input_scale(self, prev_act_scaling_factor, like: torch.Tensor) -> torch.Tensor:
+        if prev_act_scaling_factor is None:
+            raise ValueError(
+                "QuantLinear in quant_mode needs prev_act_scaling_factor, the scale of its (8-bit) input; "
+                "quantize the input with a QuantAct first"
+            )
+        s_x = intops.as_scale(prev_act_scaling_factor, like)
+        if s_x.numel() != 1:
+            raise ValueError(
+                f"QuantLinear needs a per-tensor input scale (0-dim or shape (1,)), got shape {tuple(s_x.shape)}"
+            )
+        return s_x
+
+    def integer_bias(self, prev_act_scaling_factor) -> torch.Tensor | None:
+        """The int32 bias q_b = round_half_even(b / (S_w * S_x)) for an input scale S_x; None without a bias.
+
+        What the integer accumulator of a forward at that input scale starts from, computed afresh: it writes
+        nothing (only the weight's quantization cache may be refreshed), so ``intbert.freeze`` asks for the bias
+        at the scale it recorded rather than reading what the last forward left in ``bias_integer``. The bound is
+        always checked here (one host sync): a bias beyond :meth:`bias_limit` raises ``OverflowRiskError`` naming
+        the channel (``err.module`` is this module), also after an edit through ``.data`` that the forward's
+        once-per-weights check in eval would miss.
+        """
+        s_x = self._input_scale(prev_act_scaling_factor, self.weight)
+        if self.bias is None:
+            return None
+        _, s_w = self.quantized_weight()
+        with torch.no_grad():
+            return self._bias_integers(s_w.to(s_x.device) * s_x.reshape(()), check=True)
+
+    def _bias_integers(self, s_b: torch.Tensor, check: bool) -> torch.Tensor:
+        """round_half_even(b / S_b) as int32, checked against :meth:`bias_limit` when ``check``."""
+        b = torch.round(self.bias.detach().double() / s_b.double())  # torch.round: half to even; exact in float64
+        limit = self.bias_limit()
+        if check:
+            self._check_bias(b, limit)
+        return b.clamp(-limit, limit).int()  # a no-op once checked; keeps an unchecked bias in int32
+
     def _check_bias(self, b: torch.Tensor, limit: int) -> None:
-        """Raise if a bias integer does not fit beside the GEMM (one host sync: every forward in train mode, once in
-        eval until the weights change or train()/eval() is called)."""
-        if not self.training and getattr(self, "_bias_checked", False):
-            return
+        """Raise if a bias integer does not fit beside the GEMM (one host sync)."""
         over = b.abs() > limit
         if bool(over.any()):
             c = int(over.nonzero()[0, 0])
@@ -426,37 +476,27 @@ class QuantLinear(_CachedWeightMixin, nn.Module):
             )
             err.module = self
             raise err
-        self._bias_checked = not self.training
 
     def forward(self, x, prev_act_scaling_factor=None):
         if not self.quant_mode:
             return F.linear(x, self.weight, self.bias), None
-        if prev_act_scaling_factor is None:
-            raise ValueError(
-                "QuantLinear in quant_mode needs prev_act_scaling_factor, the scale of its (8-bit) input; "
-                "quantize the input with a QuantAct first"
-            )
-        s_x = intops.as_scale(prev_act_scaling_factor, x)
-        if s_x.numel() != 1:
-            raise ValueError(
-                f"QuantLinear needs a per-tensor input scale (0-dim or shape (1,)), got shape {tuple(s_x.shape)}"
-            )
+        s_x = self._input_scale(prev_act_scaling_factor, x)
         _, s_w = self.quantized_weight()
         s_w = s_w.to(x.device)
-        lo, hi = intops.qrange(LINEAR_INPUT_BITS)
-        # |sum_k q_x q_w| <= K * 128 * 2^(wb-1) = gemm_bound (50,331,648 for K = 3072): an exact int32 sum.
-        a_bound, b_bound = -lo, 2 ** (self.weight_bit - 1)
-        gemm_bound = self.in_features * a_bound * b_bound
-        # The int32 accumulator starts at the bias: |q_b| <= 2^31 - 1 - gemm_bound keeps the sum in int32.
-        limit = min(intops.INT32_MAX - gemm_bound, 2 ** (self.bias_bit - 1) - 1)
+        a_bound, b_bound = self._gemm_bounds()
         s_b = s_w * s_x.reshape(())
         with torch.no_grad():
-            q_x = ints_of(x, s_x).clamp(lo, hi)
+            q_x = ints_of(x, s_x).clamp(-a_bound, a_bound - 1)  # the int8 range [-128, 127]
             acc = intops.int_matmul(q_x, self._weight_operand.to(x.device), a_bound, b_bound)
             if self.bias is not None:
-                b = torch.round(self.bias.detach().double() / s_b.double())
-                self._check_bias(b, limit)
-                b_int = b.clamp(-limit, limit).int()  # a no-op once checked; keeps a skipped check in int32
+                # The bound is checked (one host sync) on every forward in train mode, and in eval once per weights:
+                # quantized_weight() resets the flag when it re-quantizes, as does train()/eval() (through the cache).
+                b_int = self._bias_integers(s_b, check=self.training or not self._bias_checked)
+                self._bias_checked = not self.training
+                # bias_integer is still updated here, though nothing in intbert reads it back (freeze calls
+                # integer_bias): it is a buffer of the transformers port, whose forward sets it the same way, so a
+                # checkpoint saved after calibration carries the integer bias as the port's does, and code written
+                # against the port that reads it finds the bias of the last forward (fixed in eval: the input scale is).
                 self.bias_integer = b_int
                 acc = acc + b_int
         value = acc.to(x.dtype) * s_b
