@@ -33,7 +33,7 @@ def _f32(x: float) -> float:
 
 
 # =============================================================================================
-# quantize / symmetric_scale / to_int
+# quantize_by_scale / symmetric_scale / to_int
 # =============================================================================================
 
 
@@ -44,37 +44,37 @@ def _quantize_oracle(x: float, s: float, bits: int) -> int:
 
 
 @pytest.mark.parametrize("bits", [4, 8, 16])
-def test_quantize_matches_fraction_oracle_on_random_inputs(bits):
+def test_quantize_by_scale_matches_fraction_oracle_on_random_inputs(bits):
     x = randn(1, (33, 17)) * 3
     s = torch.rand(33, 1, generator=gen(2)) * 0.05 + 1e-3
-    got = I.quantize(x, s, bits)
+    got = I.quantize_by_scale(x, s, bits)
     want = _t([[_quantize_oracle(x[i, j].item(), s[i, 0].item(), bits) for j in range(17)] for i in range(33)])
     assert got.dtype == torch.int64
     assert torch.equal(got, want)
 
 
-def test_quantize_ties_round_half_to_even_for_both_signs():
+def test_quantize_by_scale_ties_round_half_to_even_for_both_signs():
     # x / S is exactly k + 0.5 (S a power of two): half to even, symmetric in sign.
     k = torch.arange(-6, 6, dtype=torch.float32)
     x = (k + 0.5) * 0.125
-    got = I.quantize(x, torch.tensor([0.125]), 8)
+    got = I.quantize_by_scale(x, torch.tensor([0.125]), 8)
     want = _t([_quantize_oracle(v, 0.125, 8) for v in x.tolist()])
     assert torch.equal(got, want)
     assert got.tolist() == [-6, -4, -4, -2, -2, 0, 0, 2, 2, 4, 4, 6]
 
 
 @pytest.mark.parametrize("bits", [8, 16, 32])
-def test_quantize_saturates_at_symmetric_range_including_positive_max(bits):
+def test_quantize_by_scale_saturates_at_symmetric_range_including_positive_max(bits):
     n = 2 ** (bits - 1) - 1
     s = torch.tensor([1.0], dtype=torch.float64)
     x = torch.tensor([-3.0 * n, -n - 0.4, -n, n, n + 0.4, 3.0 * n], dtype=torch.float64)
-    assert I.quantize(x, s, bits).tolist() == [-n, -n, -n, n, n, n]
+    assert I.quantize_by_scale(x, s, bits).tolist() == [-n, -n, -n, n, n, n]
 
 
-def test_quantize_largest_weight_becomes_plus_127_not_126():
+def test_quantize_by_scale_largest_weight_becomes_plus_127_not_126():
     w = torch.tensor([-1.0, -2.0, 8.0, 7.0])
     s = I.symmetric_scale(8, w.min().reshape(1), w.max().reshape(1))
-    assert I.quantize(w, s, 8).tolist() == [-16, -32, 127, 111]
+    assert I.quantize_by_scale(w, s, 8).tolist() == [-16, -32, 127, 111]
 
 
 def _scale_oracle(bits: int, lo: float, hi: float) -> float:

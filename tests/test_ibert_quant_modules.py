@@ -341,7 +341,7 @@ def test_quant_linear_weight_scale_integers_and_exact_accumulation(per_channel):
     assert torch.equal(s_b, want_sw * s_in.reshape(()))
     w_int = lin.weight_integer
     assert w_int.dtype == torch.int8
-    assert torch.equal(w_int.long(), I.quantize(W_LIN, want_sw[:, None], 8))
+    assert torch.equal(w_int.long(), I.quantize_by_scale(W_LIN, want_sw[:, None], 8))
     if per_channel:  # every row's largest |w| quantizes to 127 (not 126)
         assert w_int.abs().amax(1).tolist() == [127, 127, 127, 127]
     assert w_int.max().item() == 127

@@ -121,6 +121,7 @@ def quantize(
     unsigned 8-bit, int16 or int32 for wider). ``scale`` is float32 with amax's shape: the step
     ``amax / qmax`` (note: pytorch-quantization's ``tensor_quant`` returns the reciprocal), or 1 where
     ``amax <= 2^-24`` (there ``q`` is 0). This is what an ONNX QuantizeLinear with zero point 0 computes.
+    (I-BERT's weight quantization, from a scale in float64 to the narrow range, is ``intops.quantize_by_scale``.)
     """
     amax = torch.as_tensor(amax, dtype=torch.float32, device=x.device)
     _check_amax(x, amax)

@@ -10,7 +10,7 @@ travel in float32 above 2**24.
 
 Rounding rules, stated once and used throughout:
 
-* ``quantize``: ``torch.round`` = round half to even (as the reference's ``linear_quantize``).
+* ``quantize_by_scale``: ``torch.round`` = round half to even (as the reference's ``linear_quantize``).
 * ``dyadic``: the mantissa is rounded half away from zero (as the reference's ``Decimal``
   ``ROUND_HALF_UP`` on a signed value).
 * ``requantize``: ``(q*m + 2**(e-1)) >> e``: round half up (toward +inf); ``>>`` is an arithmetic
@@ -112,13 +112,16 @@ def symmetric_scale(num_bits: int, x_min: torch.Tensor, x_max: torch.Tensor) -> 
     return torch.maximum(x_min.abs(), x_max.abs()).clamp(min=1e-8) / n
 
 
-def quantize(x: torch.Tensor, scale: torch.Tensor, num_bits: int) -> torch.Tensor:
-    """q = clamp(round_half_even(x / S), -(2^(b-1)-1), 2^(b-1)-1), as int64.
+def quantize_by_scale(x: torch.Tensor, scale: torch.Tensor, num_bits: int) -> torch.Tensor:
+    """q = clamp(round_half_even(x / S), -(2^(b-1)-1), 2^(b-1)-1), as int64: I-BERT's weight quantization.
 
     The full symmetric range: the reference clamps to [-n, n-1] (126 for 8 bits), which loses the
     largest positive weight (bug fix (g) in docs/ibert.md). ``scale`` broadcasts against ``x``
     (a per-row weight scale has shape [out, 1]). Computed in float64 so that x / S is correctly
     rounded before the integer rounding for any bit width up to 32.
+
+    Not the QDQ toolkit's ``intbert.quantization.quantize`` (``fake_quant.quantize``), which takes an amax, divides
+    in float32 as ONNX QuantizeLinear does and defaults to the full range [-2^(b-1), 2^(b-1)-1].
     """
     lo, hi = qrange(num_bits, narrow=True)
     return torch.round(x.double() / scale.double()).clamp_(lo, hi).long()

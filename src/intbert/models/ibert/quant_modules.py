@@ -173,7 +173,7 @@ class QuantEmbedding(_CachedWeightMixin, nn.Module):
             with torch.no_grad():
                 w = self.weight.detach()
                 scale = intops.symmetric_scale(self.weight_bit, w.min().reshape(1), w.max().reshape(1))
-                q = intops.quantize(w, scale, self.weight_bit)
+                q = intops.quantize_by_scale(w, scale, self.weight_bit)
                 self.weight_scaling_factor = scale.float()
                 self.weight_integer = q.to(torch.int8 if self.weight_bit <= 8 else torch.int32)
         return self.weight_integer, self.weight_scaling_factor
@@ -402,7 +402,7 @@ class QuantLinear(_CachedWeightMixin, nn.Module):
                 else:
                     w_min, w_max = w.min().expand(self.out_features), w.max().expand(self.out_features)
                 scale = intops.symmetric_scale(self.weight_bit, w_min, w_max)
-                q = intops.quantize(w, scale[:, None], self.weight_bit)
+                q = intops.quantize_by_scale(w, scale[:, None], self.weight_bit)
                 # An all-zero row's scale is free: the largest row scale, not 1e-8/127 (see the class docstring).
                 scale = torch.where((q == 0).all(dim=1), scale.max(), scale)
                 self.fc_scaling_factor = scale.float()
