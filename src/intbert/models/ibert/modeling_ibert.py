@@ -18,7 +18,6 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import CrossEntropyLoss
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import gelu
@@ -30,8 +29,19 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
+from transformers.utils import TransformersKwargs, can_return_tuple
+from typing_extensions import Unpack
 
-from ..common import check_attention_heads, sequence_classification_loss
+from ..common import (
+    check_attention_heads,
+    choice_loss,
+    flatten_choices,
+    masked_lm_loss,
+    num_choices,
+    sequence_classification_loss,
+    span_loss,
+    token_classification_loss,
+)
 from .configuration_ibert import IBertConfig
 from .quant_modules import (
     IntGELU,
@@ -436,6 +446,8 @@ class IBertPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = False
     # 2021-era checkpoints stored position_ids as a persistent buffer.
     _keys_to_ignore_on_load_unexpected = [r"position_ids"]
+    # The heads' losses are per-batch means (models/common.py says why Trainer must know).
+    accepts_loss_kwargs = False
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -499,6 +511,7 @@ class IBertModel(IBertPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value
 
+    @can_return_tuple  # return_dict=False: (last_hidden_state, pooler_output, hidden_states, attentions), None dropped
     def forward(
         self,
         input_ids=None,
@@ -507,20 +520,18 @@ class IBertModel(IBertPreTrainedModel):
         position_ids=None,
         head_mask=None,
         inputs_embeds=None,
-        encoder_hidden_states=None,
+        encoder_hidden_states=None,  # the port's signature; an encoder only, so these four are ignored
         encoder_attention_mask=None,
         past_key_values=None,
         use_cache=None,
         output_attentions=None,
         output_hidden_states=None,
-        return_dict=None,
         **kwargs,
-    ):
+    ) -> BaseModelOutputWithPoolingAndCrossAttentions:
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         B, L = check_encoder_inputs(self.config, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids)
         device = input_ids.device if input_ids is not None else inputs_embeds.device
 
@@ -532,8 +543,6 @@ class IBertModel(IBertPreTrainedModel):
                                inputs_embeds=inputs_embeds)
         h, s, all_hidden, all_attn = self.encoder(h, s, keep, head_mask, output_attentions, output_hidden_states)
         pooled = self.pooler(h) if self.pooler is not None else None
-        if not return_dict:
-            return tuple(v for v in (h, pooled, all_hidden, all_attn) if v is not None)
         return BaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=h, pooler_output=pooled, hidden_states=all_hidden, attentions=all_attn
         )
@@ -582,20 +591,11 @@ class IBertClassificationHead(nn.Module):
         return self.out_proj(x)
 
 
-def _encode(model, input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-            output_attentions, output_hidden_states):
-    return model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, position_ids=position_ids,
-                 head_mask=head_mask, inputs_embeds=inputs_embeds, output_attentions=output_attentions,
-                 output_hidden_states=output_hidden_states, return_dict=True)
-
-
-def _extras(out) -> tuple:
-    """hidden_states / attentions that were asked for, for return_dict=False tuples."""
-    return tuple(v for v in (out.hidden_states, out.attentions) if v is not None)
-
-
-def _as_tuple(loss, outputs: tuple):
-    return ((loss,) + outputs) if loss is not None else outputs
+# Every head below: the tensors a user passes are named arguments (in the port's order); ``**kwargs`` carries
+# transformers' options (``output_attentions``, ``output_hidden_states``) on to the encoder (IBertModel, or the
+# frozen engine's IntegerIBertModel, hence keywords, not positions); ``@can_return_tuple`` turns ``return_dict=False`` (or
+# ``config.return_dict=False``) into the port's tuple, the ModelOutput's fields in order with the absent (None) ones
+# dropped: ``(loss, logits, hidden_states, attentions)``. The losses are shared with QDQBERT (models/common.py).
 
 
 class IBertForMaskedLM(IBertPreTrainedModel):
@@ -617,19 +617,16 @@ class IBertForMaskedLM(IBertPreTrainedModel):
         self.lm_head.decoder = new_embeddings
         self.lm_head.bias = new_embeddings.bias
 
+    @can_return_tuple
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None, return_dict=None,
-                **kwargs):
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        out = _encode(self.ibert, input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                      output_attentions, output_hidden_states)
+                inputs_embeds=None, labels=None, **kwargs: Unpack[TransformersKwargs]) -> MaskedLMOutput:
+        """``labels``: token ids where the loss applies, -100 elsewhere."""
+        out = self.ibert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                         position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
+                         return_dict=True, **kwargs)
         logits = self.lm_head(out.last_hidden_state)  # (B, L, V)
-        loss = None
-        if labels is not None:
-            loss = CrossEntropyLoss()(logits.view(-1, self.config.vocab_size), labels.to(logits.device).view(-1))
-        if not return_dict:
-            return _as_tuple(loss, (logits,) + _extras(out))
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        return MaskedLMOutput(loss=masked_lm_loss(logits, labels), logits=logits, hidden_states=out.hidden_states,
+                              attentions=out.attentions)
 
 
 class IBertForSequenceClassification(IBertPreTrainedModel):
@@ -640,17 +637,15 @@ class IBertForSequenceClassification(IBertPreTrainedModel):
         self.classifier = IBertClassificationHead(config)
         self.post_init()
 
+    @can_return_tuple
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None, return_dict=None,
-                **kwargs):
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        out = _encode(self.ibert, input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                      output_attentions, output_hidden_states)
+                inputs_embeds=None, labels=None, **kwargs: Unpack[TransformersKwargs]) -> SequenceClassifierOutput:
+        out = self.ibert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                         position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
+                         return_dict=True, **kwargs)
         logits = self.classifier(out.last_hidden_state)  # (B, num_labels)
-        loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        if not return_dict:
-            return _as_tuple(loss, (logits,) + _extras(out))
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        return SequenceClassifierOutput(loss=sequence_classification_loss(logits, labels, self.config), logits=logits,
+                                        hidden_states=out.hidden_states, attentions=out.attentions)
 
 
 class IBertForMultipleChoice(IBertPreTrainedModel):
@@ -661,22 +656,18 @@ class IBertForMultipleChoice(IBertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, 1)
         self.post_init()
 
+    @can_return_tuple
     def forward(self, input_ids=None, token_type_ids=None, attention_mask=None, labels=None, position_ids=None,
-                head_mask=None, inputs_embeds=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None, **kwargs):
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        num_choices = input_ids.shape[1] if input_ids is not None else inputs_embeds.shape[1]
-
-        def flat(t):  # (B, C, L, ...) -> (B*C, L, ...)
-            return None if t is None else t.reshape(-1, *t.shape[2:])
-
-        out = _encode(self.ibert, flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
-                      head_mask, flat(inputs_embeds), output_attentions, output_hidden_states)
-        logits = self.classifier(self.dropout(out.pooler_output)).view(-1, num_choices)  # (B, C)
-        loss = CrossEntropyLoss()(logits, labels.to(logits.device)) if labels is not None else None
-        if not return_dict:
-            return _as_tuple(loss, (logits,) + _extras(out))
-        return MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+                head_mask=None, inputs_embeds=None, **kwargs: Unpack[TransformersKwargs]) -> MultipleChoiceModelOutput:
+        """Inputs (B, C, L); ``labels``: (B,) index of the right choice."""
+        choices = num_choices(input_ids, inputs_embeds)
+        flat = flatten_choices
+        out = self.ibert(flat(input_ids), attention_mask=flat(attention_mask), token_type_ids=flat(token_type_ids),
+                         position_ids=flat(position_ids), head_mask=head_mask, inputs_embeds=flat(inputs_embeds),
+                         return_dict=True, **kwargs)
+        logits = self.classifier(self.dropout(out.pooler_output)).view(-1, choices)  # (B, C)
+        return MultipleChoiceModelOutput(loss=choice_loss(logits, labels), logits=logits,
+                                         hidden_states=out.hidden_states, attentions=out.attentions)
 
 
 class IBertForTokenClassification(IBertPreTrainedModel):
@@ -688,19 +679,16 @@ class IBertForTokenClassification(IBertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    @can_return_tuple
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None, return_dict=None,
-                **kwargs):
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        out = _encode(self.ibert, input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                      output_attentions, output_hidden_states)
+                inputs_embeds=None, labels=None, **kwargs: Unpack[TransformersKwargs]) -> TokenClassifierOutput:
+        """``labels``: (B, L) label ids, -100 where no loss applies."""
+        out = self.ibert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                         position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
+                         return_dict=True, **kwargs)
         logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, L, num_labels)
-        loss = None
-        if labels is not None:
-            loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.to(logits.device).view(-1))
-        if not return_dict:
-            return _as_tuple(loss, (logits,) + _extras(out))
-        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        return TokenClassifierOutput(loss=token_classification_loss(logits, labels), logits=logits,
+                                     hidden_states=out.hidden_states, attentions=out.attentions)
 
 
 class IBertForQuestionAnswering(IBertPreTrainedModel):
@@ -711,24 +699,18 @@ class IBertForQuestionAnswering(IBertPreTrainedModel):
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    @can_return_tuple
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, **kwargs):
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        out = _encode(self.ibert, input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                      output_attentions, output_hidden_states)
-        start_logits, end_logits = self.qa_outputs(out.last_hidden_state).split(1, dim=-1)  # (B, L) each
+                inputs_embeds=None, start_positions=None, end_positions=None,
+                **kwargs: Unpack[TransformersKwargs]) -> QuestionAnsweringModelOutput:
+        """Positions outside the sequence are clamped to its length and ignored by the loss, as in BERT."""
+        out = self.ibert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                         position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
+                         return_dict=True, **kwargs)
+        start_logits, end_logits = self.qa_outputs(out.last_hidden_state).split(1, dim=-1)  # (B, L, 1) each
         start_logits, end_logits = start_logits.squeeze(-1).contiguous(), end_logits.squeeze(-1).contiguous()
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            ignored = start_logits.size(1)  # positions outside the sequence are clamped and ignored
-            start = start_positions.to(start_logits.device).view(-1).clamp(0, ignored)
-            end = end_positions.to(end_logits.device).view(-1).clamp(0, ignored)
-            ce = CrossEntropyLoss(ignore_index=ignored)
-            loss = (ce(start_logits, start) + ce(end_logits, end)) / 2
-        if not return_dict:
-            return _as_tuple(loss, (start_logits, end_logits) + _extras(out))
-        return QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
+        return QuestionAnsweringModelOutput(loss=span_loss(start_logits, end_logits, start_positions, end_positions),
+                                            start_logits=start_logits, end_logits=end_logits,
                                             hidden_states=out.hidden_states, attentions=out.attentions)
 
 
