@@ -593,9 +593,10 @@ class IBertClassificationHead(nn.Module):
 
 # Every head below: the tensors a user passes are named arguments (in the port's order); ``**kwargs`` carries
 # transformers' options (``output_attentions``, ``output_hidden_states``) on to the encoder (IBertModel, or the
-# frozen engine's IntegerIBertModel, hence keywords, not positions); ``@can_return_tuple`` turns ``return_dict=False`` (or
-# ``config.return_dict=False``) into the port's tuple, the ModelOutput's fields in order with the absent (None) ones
-# dropped: ``(loss, logits, hidden_states, attentions)``. The losses are shared with QDQBERT (models/common.py).
+# frozen engine's IntegerIBertModel: hence keywords, not positions); ``@can_return_tuple`` turns
+# ``return_dict=False`` (or ``config.return_dict=False``) into the port's tuple, the ModelOutput's fields in order
+# with the absent (None) ones dropped: ``(loss, logits, hidden_states, attentions)``. The losses are shared with
+# QDQBERT (models/common.py).
 
 
 class IBertForMaskedLM(IBertPreTrainedModel):
