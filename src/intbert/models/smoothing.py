@@ -182,11 +182,15 @@ def _collect(model: nn.Module, base: nn.Module, sites: list[_Site], family: str,
     """One float pass over ``batches``: per-channel max and a token sample of every smoothed tensor (padding left out,
     read from the base model's attention_mask) and of every residual addend quantized in the smoothed domain."""
     keep: dict[str, torch.Tensor | None] = {"mask": None}
-    signature = inspect.signature(base.forward)
+    # By name or by position: the base model's forward may take keywords its signature does not list (return_dict
+    # goes to the decorator that wraps it), so the call is not bound against the signature.
+    params = list(inspect.signature(base.forward).parameters)
+    position = params.index("attention_mask") if "attention_mask" in params else None
 
     def read_mask(module, args, kwargs):
-        bound = signature.bind_partial(*args, **kwargs).arguments
-        mask = bound.get("attention_mask")
+        mask = kwargs.get("attention_mask")
+        if mask is None and position is not None and position < len(args):
+            mask = args[position]
         keep["mask"] = None if mask is None or mask.dim() != 2 else mask.bool()
 
     def record(stats: ChannelStats):
