@@ -10,6 +10,8 @@ For ``b`` bits, an absolute maximum ``amax`` (per tensor, or one per kept channe
     q     = clamp(round_half_even(x / scale), qmin, qmax) float32 division, then torch.round (ties to even)
     y     = q * scale                                     float32 product, cast to the input dtype
 
+(qmin, qmax) is ``intops.quant_bounds``, the one range definition I-BERT's integer ops use too.
+
 Rounding rules, each chosen on purpose:
 
 * ``x / scale`` is a true float32 division, as ONNX ``QuantizeLinear`` computes it. ``x * (1 / scale)``
@@ -34,26 +36,14 @@ import sys
 
 import torch
 
+from .intops import quant_bounds
+
 __all__ = ["TINY_AMAX", "quant_bounds", "quantize", "dequantize", "fake_tensor_quant", "FakeTensorQuantFunction"]
 
 # At or below this an amax means "no range" (a calibrator that saw only zeros, or a learned amax that
 # collapsed). The bound is pytorch-quantization's, kept so that both give 0 on the same inputs; with
 # scale = amax / qmax below 2^-30, `x / scale` would also leave the float32 range for |x| above ~2^98.
 TINY_AMAX = 2.0**-24
-
-
-def quant_bounds(num_bits: int, unsigned: bool = False, narrow_range: bool = False) -> tuple[int, int]:
-    """Return the integer range ``(qmin, qmax)`` of the formula in the module docstring.
-
-    ``(-128, 127)`` for signed int8, ``(-127, 127)`` with ``narrow_range``, ``(0, 255)`` unsigned.
-    ``narrow_range`` has no effect on an unsigned range (its lowest level, 0, is already symmetric-free).
-    """
-    if not isinstance(num_bits, int) or isinstance(num_bits, bool) or num_bits < (1 if unsigned else 2):
-        raise ValueError(f"num_bits must be an int >= {1 if unsigned else 2}, got {num_bits!r}")
-    qmax = 2 ** (num_bits - 1 + int(unsigned)) - 1
-    if unsigned:
-        return 0, qmax
-    return (-qmax if narrow_range else -qmax - 1), qmax
 
 
 def _int_dtype(qmin: int, qmax: int) -> torch.dtype:

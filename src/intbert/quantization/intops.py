@@ -91,10 +91,28 @@ def as_scale(scale, like: torch.Tensor) -> torch.Tensor:
     return scale.to(device=like.device, dtype=torch.float32)
 
 
+def quant_bounds(num_bits: int, unsigned: bool = False, narrow_range: bool = False) -> tuple[int, int]:
+    """The integer range ``(qmin, qmax)`` of ``num_bits`` bits, the one definition for I-BERT and the QDQ toolkit.
+
+    qmax = 2^(b - 1 + unsigned) - 1; qmin = 0 if unsigned, -(2^(b-1) - 1) with ``narrow_range`` (symmetric),
+    else -2^(b-1) (two's complement). ``(-128, 127)`` for signed int8, ``(-127, 127)`` narrow, ``(0, 255)``
+    unsigned; ``narrow_range`` has no effect on an unsigned range (0 is already its lowest level).
+    """
+    if not isinstance(num_bits, int) or isinstance(num_bits, bool) or num_bits < (1 if unsigned else 2):
+        raise ValueError(f"num_bits must be an int >= {1 if unsigned else 2}, got {num_bits!r}")
+    qmax = 2 ** (num_bits - 1 + int(unsigned)) - 1
+    if unsigned:
+        return 0, qmax
+    return (-qmax if narrow_range else -qmax - 1), qmax
+
+
 def qrange(num_bits: int, narrow: bool = False) -> tuple[int, int]:
-    """Signed integer range of ``num_bits`` bits: [-2^(b-1), 2^(b-1)-1], or [-(2^(b-1)-1), 2^(b-1)-1] if narrow."""
-    hi = 2 ** (num_bits - 1) - 1
-    return (-hi if narrow else -hi - 1), hi
+    """The signed ``quant_bounds(num_bits, narrow_range=narrow)`` under its older name.
+
+    Kept only for callers outside the quantization package that have not moved to :func:`quant_bounds` yet
+    (engine/backends/reference.py, engine/backends/fused_ops.py, export/onnx_intops.py); new code calls quant_bounds.
+    """
+    return quant_bounds(num_bits, narrow_range=narrow)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,7 +141,7 @@ def quantize_by_scale(x: torch.Tensor, scale: torch.Tensor, num_bits: int) -> to
     Not the QDQ toolkit's ``intbert.quantization.quantize`` (``fake_quant.quantize``), which takes an amax, divides
     in float32 as ONNX QuantizeLinear does and defaults to the full range [-2^(b-1), 2^(b-1)-1].
     """
-    lo, hi = qrange(num_bits, narrow=True)
+    lo, hi = quant_bounds(num_bits, narrow_range=True)
     return torch.round(x.double() / scale.double()).clamp_(lo, hi).long()
 
 
@@ -237,7 +255,7 @@ def requantize(q: torch.Tensor, m: torch.Tensor, e: torch.Tensor, num_bits: int,
       When e < 16 the ratio m/2^e exceeds 2^14, so any |q| >= 2^31 saturates every output width:
       clamping q to the int32 range first and using the direct form gives the same result.
     """
-    return rescale(q, m, e, input_bits).clamp_(*qrange(num_bits))
+    return rescale(q, m, e, input_bits).clamp_(*quant_bounds(num_bits))
 
 
 # ---------------------------------------------------------------------------------------------

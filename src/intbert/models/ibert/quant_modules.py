@@ -296,7 +296,7 @@ class QuantAct(nn.Module):
         q = self._part(x, s_x, scale)
         if identity is not None:
             q = q + self._part(identity, s_id, scale)
-        return q.clamp_(*intops.qrange(self.activation_bit))
+        return q.clamp_(*intops.quant_bounds(self.activation_bit))
 
     @staticmethod
     def _part(t, s_t, scale) -> torch.Tensor:
@@ -422,7 +422,7 @@ class QuantLinear(_CachedWeightMixin, nn.Module):
 
     def _gemm_bounds(self) -> tuple[int, int]:
         """(|q_x| bound, |q_w| bound): 128 for the int8 input, 2^(wb-1) for the weight (int_matmul's bounds)."""
-        lo, _ = intops.qrange(LINEAR_INPUT_BITS)
+        lo, _ = intops.quant_bounds(LINEAR_INPUT_BITS)
         return -lo, 2 ** (self.weight_bit - 1)
 
     def _input_scale(self, prev_act_scaling_factor, like: torch.Tensor) -> torch.Tensor:
