@@ -11,10 +11,11 @@ from tqdm.auto import tqdm
 from ...errors import OverflowRiskError
 from .quant_modules import RANGE_SENTINEL, IntLayerNorm, QuantAct, named_overflow
 
-#: "mse" (default): per batch, the symmetric range that minimises the quantization MSE of that activation,
+#: I-BERT's calibration methods (not the QDQ toolkit's ``intbert.quantization.CALIBRATION_METHODS``, whose "mse" reads a
+#: histogram). "mse" (default): per batch, the symmetric range that minimises the quantization MSE of that activation,
 #: then the largest over batches; "minmax": the exact min/max over all calibration batches; "ema": the
 #: reference's running average (first batch, then x <- m x + (1 - m) batch), what QAT uses.
-CALIBRATION_METHODS = ("mse", "minmax", "ema")
+IBERT_CALIBRATION_METHODS = ("mse", "minmax", "ema")
 #: Candidate ranges for "mse": fractions of the batch's max |x| (71 steps of 1%).
 MSE_RANGE_FRACTIONS = torch.linspace(0.3, 1.0, 71)
 #: "mse" measures its error on at most this many values per batch (an evenly strided subsample) ...
@@ -92,8 +93,8 @@ def calibrate_ibert(
     carry NaN or inf (through ``inputs_embeds`` or non-finite weights) raise ``ValueError`` and leave the model
     as it was.
     """
-    if method not in CALIBRATION_METHODS:
-        raise ValueError(f"method must be one of {CALIBRATION_METHODS}, got {method!r}")
+    if method not in IBERT_CALIBRATION_METHODS:
+        raise ValueError(f"method must be one of {IBERT_CALIBRATION_METHODS}, got {method!r}")
     acts = [m for m in model.modules() if isinstance(m, QuantAct)]
     if not any(m.quant_mode for m in acts):
         raise ValueError("calibrate needs a quant-mode I-BERT: build it with config.quant_mode=True")

@@ -15,9 +15,8 @@ import torch
 from torch import nn
 
 from intbert.models.qdqbert.modeling_qdqbert import QDQBertOutput, QDQBertSelfAttention
-from intbert.quantization import TensorQuantizer
-
-CALIBRATION_METHODS = ("max", "percentile", "mse", "entropy")
+from intbert.quantization import CALIBRATION_METHODS, TensorQuantizer
+from intbert.quantization.calib import HISTOGRAM_METHODS, HistogramCalibrator
 
 
 class UncalibratedQuantizerError(RuntimeError):
@@ -135,10 +134,8 @@ def recompute_amax(model: nn.Module, method: str, percentile: float = 99.99) -> 
         ValueError: ``method`` is not a histogram method.
         UncalibratedQuantizerError: no quantizer holds a histogram (calibrate with a histogram method first).
     """
-    if method not in CALIBRATION_METHODS[1:]:
-        raise ValueError(f"method={method!r} cannot be read from a histogram; use one of {CALIBRATION_METHODS[1:]}")
-    from intbert.quantization.calib import HistogramCalibrator
-
+    if method not in HISTOGRAM_METHODS:
+        raise ValueError(f"method={method!r} cannot be read from a histogram; use one of {HISTOGRAM_METHODS}")
     updated = 0
     for module in model.modules():
         if isinstance(module, TensorQuantizer) and isinstance(module.calibrator, HistogramCalibrator):
@@ -150,5 +147,4 @@ def recompute_amax(model: nn.Module, method: str, percentile: float = 99.99) -> 
     return updated
 
 
-__all__ = ["CALIBRATION_METHODS", "UncalibratedQuantizerError", "calibrate_qdq", "clip_gelu", "fuse_qkv",
-           "recompute_amax"]
+__all__ = ["UncalibratedQuantizerError", "calibrate_qdq", "clip_gelu", "fuse_qkv", "recompute_amax"]
