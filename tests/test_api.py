@@ -34,6 +34,17 @@ def test_calibrate_dispatches_to_qdqbert():
     assert amax and all(a is not None for a in amax)
 
 
+def test_one_uncalibrated_error_for_both_families():
+    """I-BERT's eval forward and QDQBERT's helpers refuse a missing range with the same exception class."""
+    from intbert.models.qdqbert import clip_gelu, fuse_qkv
+
+    model = intbert.QDQBertModel(intbert.QDQBertConfig(**TINY))
+    with pytest.raises(intbert.UncalibratedError, match="calibrate"):
+        fuse_qkv(model)
+    with pytest.raises(intbert.UncalibratedError, match="calibrate"):
+        clip_gelu(model, 10.0)
+
+
 def test_calibrate_refuses_a_model_without_quantizers():
     with pytest.raises(ValueError, match="no quantizers"):
         intbert.calibrate(torch.nn.Linear(2, 2), [torch.zeros(1, 2)])

@@ -2,10 +2,12 @@
 
 
 class UncalibratedError(RuntimeError):
-    """A quantized model ran in eval mode before its activation ranges were set.
+    """A range that only calibration sets was needed before it was set: the one error of both families.
 
-    The transformers port silently returns garbage here (every range is +-1e-5, so everything
-    saturates); this is the root of most "bad accuracy in quant mode" reports.
+    I-BERT: a quant-mode model ran in eval mode with ``QuantAct`` ranges never calibrated. The transformers
+    port silently returns garbage here (every range is +-1e-5, so everything saturates); this is the root of
+    most "bad accuracy in quant mode" reports. QDQBERT: a ``TensorQuantizer`` has no amax (or is still
+    collecting) where an export or a helper (``fuse_qkv``, ``clip_gelu``, ``recompute_amax``) needs one.
     """
 
 

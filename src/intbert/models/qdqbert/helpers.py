@@ -14,19 +14,20 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from intbert.errors import UncalibratedError
 from intbert.models.qdqbert.modeling_qdqbert import QDQBertOutput, QDQBertSelfAttention
 from intbert.quantization import CALIBRATION_METHODS, TensorQuantizer
 from intbert.quantization.calib import HISTOGRAM_METHODS, HistogramCalibrator
 
-
-class UncalibratedQuantizerError(RuntimeError):
-    """A helper needs calibrated amax values; the message names the quantizer and says to calibrate first."""
+#: The name these helpers raised before intbert had one error for "not calibrated": the same class, kept importable
+#: because it was in this module's ``__all__``. The message names the quantizer and says to calibrate first.
+UncalibratedQuantizerError = UncalibratedError
 
 
 def _amax_of(quantizer: TensorQuantizer, name: str) -> torch.Tensor:
     amax = getattr(quantizer, "_amax", None)
     if amax is None:
-        raise UncalibratedQuantizerError(f"{name} has no amax; calibrate the model first (calibrate_qdq)")
+        raise UncalibratedError(f"{name} has no amax; calibrate the model first (calibrate_qdq)")
     return amax
 
 
@@ -54,7 +55,7 @@ def fuse_qkv(model: nn.Module) -> int:
     under ``--quant-per-tensor``).
 
     Raises:
-        UncalibratedQuantizerError: a quantizer to fuse has no amax yet.
+        UncalibratedError: a quantizer to fuse has no amax yet.
     """
     fused = 0
     for name, module in model.named_modules():
@@ -79,7 +80,7 @@ def clip_gelu(model: nn.Module, maxval: float) -> int:
 
     Raises:
         ValueError: ``maxval`` is not positive.
-        UncalibratedQuantizerError: a quantizer has no amax yet (calibrate first; clipping a dynamic range is moot).
+        UncalibratedError: a quantizer has no amax yet (calibrate first; clipping a dynamic range is moot).
     """
     if not maxval > 0:
         raise ValueError(f"maxval must be > 0, got {maxval}")
@@ -132,7 +133,7 @@ def recompute_amax(model: nn.Module, method: str, percentile: float = 99.99) -> 
 
     Raises:
         ValueError: ``method`` is not a histogram method.
-        UncalibratedQuantizerError: no quantizer holds a histogram (calibrate with a histogram method first).
+        UncalibratedError: no quantizer holds a histogram (calibrate with a histogram method first).
     """
     if method not in HISTOGRAM_METHODS:
         raise ValueError(f"method={method!r} cannot be read from a histogram; use one of {HISTOGRAM_METHODS}")
@@ -143,7 +144,7 @@ def recompute_amax(model: nn.Module, method: str, percentile: float = 99.99) -> 
                 module.load_calib_amax(method, percentile=percentile)
                 updated += 1
     if not updated:
-        raise UncalibratedQuantizerError("no quantizer holds a histogram; run calibrate_qdq with a histogram method")
+        raise UncalibratedError("no quantizer holds a histogram; run calibrate_qdq with a histogram method")
     return updated
 
 
