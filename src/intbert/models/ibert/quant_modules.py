@@ -5,7 +5,9 @@ Every module keeps the transformers port's constructor signature, buffer names a
 the quant modules of transformers' I-BERT port work unchanged. Inside, the forward value is computed by
 the exact integer functions of :mod:`intbert.quantization.intops` and multiplied by the scale;
 gradients are straight-through (identity for requantization and weight rounding, the float
-function's gradient for GELU, softmax and LayerNorm).
+function's gradient for GELU, softmax and LayerNorm). The port's plain constant attributes (``k``, ``const``,
+``coeff``/``coef``, ``x0``, ``max_bit``, ``dim_sqrt``, ``percentile``/``percentile_mode``) are not kept: they are
+no state-dict entries and nothing read them; the constants are named in ``intops``.
 
 Exact integers between modules: the tensors passed between modules are float values ``q * S``.
 Integers above 2^24 (GEMM accumulators, i-GELU and LayerNorm outputs) are not exact in float32, so
@@ -164,7 +166,6 @@ class QuantEmbedding(_CachedWeightMixin, nn.Module):
         self.weight_bit = weight_bit
         self.momentum = momentum
         self.quant_mode = quant_mode
-        self.percentile_mode = False
         self._cache = _WeightCache()
 
     def quantized_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,7 +217,6 @@ class QuantAct(nn.Module):
         self.act_range_momentum = act_range_momentum
         self.quant_mode = quant_mode
         self.per_channel = per_channel
-        self.percentile = False
         size = channel_len if per_channel else 1
         self.register_buffer("x_min", torch.full((size,), -RANGE_SENTINEL))
         self.register_buffer("x_max", torch.full((size,), RANGE_SENTINEL))
@@ -382,7 +382,6 @@ class QuantLinear(_CachedWeightMixin, nn.Module):
         self.bias_bit = bias_bit
         self.per_channel = per_channel
         self.quant_mode = quant_mode
-        self.percentile_mode = False
         self._cache = _WeightCache()
         self._bias_checked = False  # the bias bound held for the current weights (eval mode; see forward)
 
@@ -523,9 +522,6 @@ class IntGELU(nn.Module):
         self.quant_mode = quant_mode and force_dequant not in ("nonlinear", "gelu")
         self.activation_fn = nn.GELU()
         self._bounds_checked = False
-        self.k = intops.GELU_SQRT2
-        self.const = intops.GELU_SHIFT
-        self.coeff = [intops.GELU_A, intops.GELU_B, 1.0]
 
     def forward(self, x, scaling_factor=None):
         if not self.quant_mode:
@@ -563,12 +559,8 @@ class IntSoftmax(nn.Module):
         super().__init__()
         check_force_dequant(force_dequant)
         self.output_bit = output_bit
-        self.max_bit = intops.SOFTMAX_SUM_BITS
         self.quant_mode = quant_mode and force_dequant not in ("nonlinear", "softmax")
         self.act = QuantAct(16, quant_mode=self.quant_mode)
-        self.x0 = -intops.EXP_LN2
-        self.const = intops.EXP_MAX_HALVINGS
-        self.coef = [intops.EXP_A, intops.EXP_B, intops.EXP_C]
 
     def forward(self, x, scaling_factor=None, mask=None):
         if not self.quant_mode:
@@ -606,8 +598,6 @@ class IntLayerNorm(nn.Module):
         self.quant_mode = quant_mode and force_dequant not in ("nonlinear", "layernorm")
         self.register_buffer("shift", torch.zeros(1))
         self.output_bit = output_bit
-        self.max_bit = intops.LN_VAR_BITS
-        self.dim_sqrt = None
         self.activation = QuantAct(self.output_bit, quant_mode=self.quant_mode)
 
     def float_forward(self, x):
