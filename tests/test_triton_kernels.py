@@ -75,7 +75,10 @@ def _gelu(weight_bit):
     return run
 
 
-def _residual_layernorm(n, constant_row):
+def _residual_layernorm(n, constant_row, small_rows=False):
+    """small_rows: sums h of a few bits (std ~2^6), so that one unit of the row mean moves the normalised n by
+    ~2^24 and the int8 output by ~1/2: a rounding slip in the mean or the variance shows (with 20-bit rows the
+    output requantization divides it away)."""
     def run(be):
         lin = linear(16, n, 72)
         x, res = int8(17, 2, 17, 72), int8(18, 2, 17, n)
@@ -83,8 +86,13 @@ def _residual_layernorm(n, constant_row):
             lin.bias.fill_(12345)
             x[0, 0] = 0
             res[0, 0] = 7
-        add = ResidualRequant(requant(19, n, 22, 31, (25, 35)), requant(20, 1, 22, 31, (20, 25)))
-        return be.linear_residual_layernorm(x, lin, res, add, layernorm(21, n), requant(22, n, 8, 31, (55, 59)))
+        if small_rows:
+            add = ResidualRequant(requant(19, n, 22, 31, (40, 42)), requant(20, 1, 22, 31, (32, 33)))
+            out = requant(22, n, 8, 31, (53, 55))
+        else:
+            add = ResidualRequant(requant(19, n, 22, 31, (25, 35)), requant(20, 1, 22, 31, (20, 25)))
+            out = requant(22, n, 8, 31, (55, 59))
+        return be.linear_residual_layernorm(x, lin, res, add, layernorm(21, n), out)
     return run
 
 
@@ -123,6 +131,7 @@ CASES = {
     "linear_gelu_requant_w7": _gelu(7),
     "residual_layernorm_n30": _residual_layernorm(30, False),
     "residual_layernorm_n70_constant_row": _residual_layernorm(70, True),
+    "residual_layernorm_n40_small_rows": _residual_layernorm(40, False, small_rows=True),
     "attention_L1": _attention(1, "holes", 3e-4, True),
     "attention_L17_holes": _attention(17, "holes", 3e-4, False),
     "attention_L33_holes_pre_shift": _attention(33, "holes", 1e-6, True),
@@ -189,6 +198,51 @@ def _worker(out_path: str, encoder_path: str) -> None:
     torch.save(results, out_path)
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# The child process that compiles for a GPU (no TRITON_INTERPRET): python tests/test_triton_kernels.py --compile ARCH
+# The interpreter does not check what only the GPU compiler does (a plain global int read inside a kernel is a
+# NameError there, int8 tl.dot needs K >= 32, ...); Triton compiles to a cubin without a GPU (ptxas ships in the wheel).
+
+#: Pointer arguments that are not int64 constants, by name.
+_POINTERS = {"x_ptr": "*i8", "w_ptr": "*i8", "bias_ptr": "*i32", "out_ptr": "*i8", "res_ptr": "*i8", "h_ptr": "*i32",
+             "q_ptr": "*i8", "k_ptr": "*i8", "v_ptr": "*i8", "keep_ptr": "*i8"}
+
+
+def _compile_kernels(arch: int) -> None:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from intbert.engine.backends import triton_attention, triton_gemm, triton_requant
+
+    gemm_tile = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128)
+    kernels = [
+        (triton_gemm._linear_requant_kernel, dict(M_STRIDE=1, BITS=8, INPUT_BITS=31, **gemm_tile)),
+        (triton_gemm._linear_gelu_requant_kernel, dict(G_STRIDE=1, M1_STRIDE=1, M2_STRIDE=0, BITS1=8, IN1=47, BITS2=8,
+                                                       IN2=31, **gemm_tile)),
+        (triton_gemm._linear_residual_layernorm_kernel, dict(MA_STRIDE=1, MB_STRIDE=0, M_STRIDE=1, INA=31, INB=31,
+                                                             ADD_BITS=22, BITS=8, INPUT_BITS=31, BLOCK_M=16,
+                                                             BLOCK_N=128, BLOCK_K=128)),
+        (triton_attention._attention_requant_kernel, dict(HAS_KEEP=True, M_STRIDE=1, OUT_BIT=8, BITS=8, INPUT_BITS=31,
+                                                          ONE_BLOCK=True, BLOCK_M=64, BLOCK_N=128, BLOCK_D=64)),
+        (triton_attention._attention_requant_kernel, dict(HAS_KEEP=False, M_STRIDE=0, OUT_BIT=8, BITS=8, INPUT_BITS=31,
+                                                          ONE_BLOCK=False, BLOCK_M=32, BLOCK_N=64, BLOCK_D=32)),
+        (triton_requant._requant_kernel, dict(M_STRIDE=1, BITS=8, INPUT_BITS=31, BLOCK=1024)),
+    ]
+    failed = 0
+    for fn, constexprs in kernels:
+        signature = {name: "constexpr" if name in constexprs else
+                     _POINTERS.get(name, "*i64") if name.endswith("_ptr") else "i32" for name in fn.arg_names}
+        try:
+            triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                           target=GPUTarget("cuda", arch, 32), options={"num_warps": 4, "num_stages": 2})
+            print(f"compiled {fn.__name__} for sm_{arch}", flush=True)
+        except Exception as exc:  # every kernel is tried; the exit code says whether one failed
+            failed += 1
+            print(f"FAILED {fn.__name__} for sm_{arch}: {type(exc).__name__}: {exc}", flush=True)
+    raise SystemExit(1 if failed else 0)
+
+
 @pytest.fixture(scope="module")
 def interpreted(tmp_path_factory):
     if not HAS_TRITON:
@@ -246,5 +300,22 @@ def test_interpreter_flag_does_not_leak_into_this_process(interpreted):
     assert gemm is None or not gemm.INTERPRET
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", [90])
+def test_every_kernel_compiles_for_an_nvidia_gpu_without_one(arch):
+    """Hopper (H100/H200; sm_80 compiled too when this was written): front end, TTGIR, LLVM, PTX and ptxas, in a
+    child process without the interpreter flag."""
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed (pip install 'intbert[triton]')")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, __file__, "--compile", str(arch)], env=env, capture_output=True, text=True,
+                          timeout=WORKER_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    assert done.stdout.count("compiled ") == 6
+
+
 if __name__ == "__main__":
-    _worker(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "--compile":
+        _compile_kernels(int(sys.argv[2]))
+    else:
+        _worker(sys.argv[1], sys.argv[2])

@@ -33,8 +33,9 @@ import triton.language as tl
 from . import triton_intops as ti
 
 INTERPRET = bool(triton.knobs.runtime.interpret)
-#: Sentinel below every shifted score (|s >> pre_shift| < 2^31): the max of a row with no kept key.
-NEG = -(2**62)
+#: Sentinel below every shifted score (|s >> pre_shift| < 2^31): the max of a row with no kept key. A constexpr:
+#: the GPU compiler refuses a plain global int inside a kernel (the interpreter does not check).
+NEG = tl.constexpr(-(2**62))
 
 
 @triton.jit

@@ -23,9 +23,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-#: intops.INT32_MIN / INT32_MAX, repeated as plain numbers so the jit functions see constants.
-INT32_MIN = -(2**31)
-INT32_MAX = 2**31 - 1
+#: intops.INT32_MIN / INT32_MAX. A global read inside a kernel must be a ``tl.constexpr`` (the GPU compiler refuses
+#: a plain int with a NameError; the interpreter does not check).
+INT32_MIN = tl.constexpr(-(2**31))
+INT32_MAX = tl.constexpr(2**31 - 1)
 
 
 @triton.jit
