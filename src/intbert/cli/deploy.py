@@ -1,17 +1,19 @@
 """The two deployment steps, reached from the command line in this one place: freezing an I-BERT into the
-integer engine (``intbert.engine``) and exporting a QDQBERT to ONNX (``intbert.export``).
+integer engine (``intbert.freeze``) and exporting a model to ONNX (``intbert.export_onnx``).
 
-Both packages are imported when a step runs, so a missing optional dependency (onnx, onnxruntime) turns
-into an ``Unavailable`` error naming what to install, not a failed ``import intbert.cli``.
+Both are intbert's lazy top-level names, imported when a step runs. The export's optional dependencies (onnx,
+onnxruntime, onnxscript) are imported only inside an export or a verification, so a missing one turns into an
+``Unavailable`` error naming what to install, not a failed ``import intbert.cli``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import intbert
 
 from .errors import Unavailable, UsageError
 
@@ -21,33 +23,31 @@ if TYPE_CHECKING:
 _ONNX_PIP = "pip install 'intbert[onnx]'"
 
 
-def _module(name: str, why: str):
+@contextlib.contextmanager
+def _optional_dependencies(why: str):
+    """A package missing while ``why`` runs -> ``Unavailable`` naming it and the extra to install."""
     try:
-        return importlib.import_module(name)
+        yield
     except ModuleNotFoundError as err:
         # Only a missing package is "unavailable"; an import error inside intbert is a bug and keeps its traceback.
-        if err.name and (err.name == name or not err.name.startswith("intbert")):
+        if err.name and not err.name.startswith("intbert"):
             raise Unavailable(f"{why} needs {err.name!r}, which is not installed ({_ONNX_PIP})") from None
         raise
 
 
 def freeze(model: nn.Module) -> nn.Module:
     """The frozen integer model (``FrozenIBert``) of a calibrated quant-mode I-BERT; bit-exact with it."""
-    return _module("intbert.engine", "freezing an I-BERT").freeze(model)
+    return intbert.freeze(model)
 
 
 def load_frozen(path: Path, device: str = "cpu") -> nn.Module:
-    return _module("intbert.engine", "loading a frozen I-BERT").FrozenIBert.from_pretrained(path, device=device)
+    return intbert.FrozenIBert.from_pretrained(path, device=device)
 
 
 def export_onnx(model: nn.Module, path: Path, target: str):
     """Export a calibrated QDQBERT model to ``path``; returns the exporter's result (it names the file)."""
-    export = _module("intbert.export", "ONNX export")
-    try:
-        with _quiet_torch_onnx():
-            return export.export_onnx(model, path, target=target)
-    except ModuleNotFoundError as err:
-        raise Unavailable(f"ONNX export needs {err.name!r}, which is not installed ({_ONNX_PIP})") from None
+    with _optional_dependencies("ONNX export"), _quiet_torch_onnx():
+        return intbert.export_onnx(model, path, target=target)
 
 
 @contextlib.contextmanager
@@ -65,11 +65,8 @@ def _quiet_torch_onnx():
 
 def verify_onnx(model: nn.Module, path: Path, batches: list[dict]):
     """The exporter's comparison of the ONNX file with ``model`` on ``batches`` (max/mean |diff|, int8 kernels)."""
-    export = _module("intbert.export", "ONNX verification")
-    try:
-        return export.verify_onnx(model, path, batches)
-    except ModuleNotFoundError as err:
-        raise Unavailable(f"ONNX verification needs {err.name!r}, which is not installed ({_ONNX_PIP})") from None
+    with _optional_dependencies("ONNX verification"):
+        return intbert.verify_onnx(model, path, batches)
 
 
 def onnx_session(path: Path, threads: int | None):
