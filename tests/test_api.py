@@ -50,6 +50,24 @@ def test_calibrate_refuses_a_model_without_quantizers():
         intbert.calibrate(torch.nn.Linear(2, 2), [torch.zeros(1, 2)])
 
 
+def test_the_converters_weight_copy_refuses_unknown_keys_wrong_shapes_and_uncovered_weights():
+    """One checked copy (models/ibert/convert.copy_weights) loads every BERT/RoBERTa conversion, CLI heads included."""
+    from intbert.models.ibert.convert import copy_weights
+
+    target = intbert.IBertModel(intbert.IBertConfig(**TINY), add_pooling_layer=False)
+    full = {k: torch.full_like(v, 0.5) for k, v in target.state_dict().items()
+            if v.is_floating_point() and k.endswith(("weight", "bias")) and ".activation." not in k}
+    copy_weights(target, full, "test")
+    assert all(bool((target.state_dict()[k] == 0.5).all()) for k in full)
+    with pytest.raises(KeyError, match="test: weight 'pooler.dense.weight' has no I-BERT counterpart"):
+        copy_weights(target, {**full, "pooler.dense.weight": torch.zeros(16, 16)}, "test")
+    key = "encoder.layer.0.intermediate.dense.weight"
+    with pytest.raises(ValueError, match=r"test: encoder\.layer\.0\.intermediate\.dense\.weight has shape \(16, 24\)"):
+        copy_weights(target, {**full, key: torch.zeros(16, 24)}, "test")
+    with pytest.raises(KeyError, match="no source.*intermediate.dense.weight"):
+        copy_weights(target, {k: v for k, v in full.items() if k != key}, "test")
+
+
 # Layers, top to bottom (DESIGN.md principle 4): a module may import only its own layer or lower ones.
 LAYERS = {"cli": 4, "engine": 3, "export": 3, "models": 2, "calibration": 3, "data": 1, "quantization": 1, "errors": 0, "checksum": 0, "atomic": 0}
 

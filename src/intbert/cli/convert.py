@@ -15,12 +15,11 @@ key and shape; a float I-BERT made here gives the source model's outputs (tested
 from __future__ import annotations
 
 import torch
-from torch import nn
 from transformers import PreTrainedModel
 
 import intbert
 from intbert.models.ibert import configuration_ibert, modeling_ibert
-from intbert.models.ibert.convert import ibert_config_from_bert
+from intbert.models.ibert.convert import copy_weights, ibert_config_from_bert
 
 from .errors import UsageError
 
@@ -32,24 +31,6 @@ _HEAD_FIELDS = ("id2label", "label2id", "problem_type", "finetuning_task")
 
 def _head_fields(config) -> dict:
     return {k: getattr(config, k) for k in _HEAD_FIELDS if getattr(config, k, None) is not None}
-
-
-def _copy(target: nn.Module, source: dict[str, torch.Tensor], where: str) -> None:
-    """Load ``source`` into ``target`` in place: every key must exist with the same shape, and every float
-    weight of ``target`` must be covered (integer buffers and activation ranges are the quantizer's own)."""
-    state = target.state_dict()
-    with torch.no_grad():
-        for key, value in source.items():
-            if key not in state:
-                raise ValueError(f"{where}: weight {key!r} has no I-BERT counterpart")
-            if state[key].shape != value.shape:
-                raise ValueError(f"{where}: {key} has shape {tuple(value.shape)}, "
-                                 f"I-BERT expects {tuple(state[key].shape)}")
-            state[key].copy_(value)
-    floats = {k for k, v in state.items() if v.is_floating_point() and k.endswith(("weight", "bias"))}
-    missing = sorted(k for k in floats - set(source) if ".activation." not in k)
-    if missing:
-        raise ValueError(f"{where}: I-BERT weights with no source: {missing[:5]}")
 
 
 def _prefixed(prefix: str, state: dict) -> dict:
@@ -93,7 +74,7 @@ def bert_to_ibert_head(bert: PreTrainedModel, quant_mode: bool) -> PreTrainedMod
         source["lm_head.bias"] = predictions.bias
         source["lm_head.decoder.bias"] = predictions.bias
         source["lm_head.decoder.weight"] = predictions.decoder.weight
-    _copy(model, source, kind)
+    copy_weights(model, source, kind)
     return model.eval()
 
 
@@ -127,5 +108,5 @@ def roberta_to_ibert(roberta: PreTrainedModel, quant_mode: bool) -> PreTrainedMo
         if body is not None and body.startswith(_IGNORED) or (not prefix and key.startswith(_IGNORED)):
             continue
         source[("ibert." + body) if body is not None else key] = value
-    _copy(model, source, kind)
+    copy_weights(model, source, kind)
     return model.eval()

@@ -10,9 +10,11 @@ then see exactly BERT's embeddings; pad tokens (masked out of attention) see the
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import BertConfig, BertModel
 
 from ..loading import load_float_checkpoint
@@ -69,20 +71,33 @@ def bert_to_ibert(bert: BertModel | str | Path, **config_overrides) -> IBertMode
     config = ibert_config_from_bert(bert.config, **config_overrides)
     model = IBertModel(config, add_pooling_layer=bert.pooler is not None)
     source = {k: v for k, v in bert.state_dict().items() if k not in _IGNORED_BERT_KEYS}
-    target = model.state_dict()
+    positions = source.get("embeddings.position_embeddings.weight")
+    if positions is not None:  # (a missing one is reported by copy_weights with the others)
+        # BERT position p -> I-BERT row p + 1; row 0 is the padding position.
+        source["embeddings.position_embeddings.weight"] = torch.cat([torch.zeros_like(positions[:1]), positions])
+    copy_weights(model, source, "BERT")
+    return model.eval()
+
+
+def copy_weights(target: nn.Module, source: Mapping[str, torch.Tensor], where: str) -> None:
+    """Copy ``source`` into ``target``'s state in place, every tensor checked (as nanoGPT's from_pretrained does).
+
+    Each key must exist in ``target`` (else KeyError) with the same shape (else ValueError), and every float
+    ``weight``/``bias`` of ``target`` must be covered (else KeyError listing the first five), so nothing is left
+    at its random initialisation; integer buffers and activation ranges are the quantizer's own and are not
+    asked for. ``where`` names the source in the messages. The converters of BERT, RoBERTa and their heads
+    (``bert_to_ibert``, the CLI's) all load through here.
+    """
+    state = target.state_dict()
     with torch.no_grad():
         for key, value in source.items():
-            if key not in target:
-                raise KeyError(f"BERT weight {key!r} has no I-BERT counterpart")
-            if key == "embeddings.position_embeddings.weight":
-                # BERT position p -> I-BERT row p + 1; row 0 is the padding position.
-                value = torch.cat([torch.zeros_like(value[:1]), value], dim=0)
-            if target[key].shape != value.shape:
-                raise ValueError(f"{key}: BERT shape {tuple(value.shape)} vs I-BERT {tuple(target[key].shape)}")
-            target[key].copy_(value)
-    floats = {k for k, v in target.items() if v.is_floating_point() and k.endswith(("weight", "bias"))}
-    floats -= {k for k in floats if ".activation." in k}
-    missing = {k for k in floats if k not in source}
+            if key not in state:
+                raise KeyError(f"{where}: weight {key!r} has no I-BERT counterpart")
+            if state[key].shape != value.shape:
+                raise ValueError(f"{where}: {key} has shape {tuple(value.shape)}, "
+                                 f"I-BERT expects {tuple(state[key].shape)}")
+            state[key].copy_(value)
+    floats = {k for k, v in state.items() if v.is_floating_point() and k.endswith(("weight", "bias"))}
+    missing = sorted(k for k in floats - set(source) if ".activation." not in k)
     if missing:
-        raise KeyError(f"I-BERT weights with no BERT source: {sorted(missing)[:5]}")
-    return model.eval()
+        raise KeyError(f"{where}: I-BERT weights with no source: {missing[:5]}")
