@@ -78,9 +78,14 @@ def test_ffn_up_gelu_chain(kernels, M):
 
 @pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("M,K,N", [(1, 3072, 768), (4 * 128 + 3, 768, 768), (37, 72, 30)])
-def test_dense_residual_layernorm_chain(kernels, M, K, N):
-    add = ResidualRequant(requant(14, N, 22, 31, (25, 35)), requant(15, 1, 22, 31, (20, 25)))
-    parts = (linear(13, N, K), add, layernorm(16, N), requant(17, N, 8, 31, (55, 59)),
+@pytest.mark.parametrize("small_rows", [False, True])
+def test_dense_residual_layernorm_chain(kernels, M, K, N, small_rows):
+    """small_rows: few-bit LayerNorm inputs, where one unit of the row mean moves the int8 output by ~1/2."""
+    a_e, b_e, out_e = ((40, 42), (32, 33), (53, 55)) if small_rows else ((25, 35), (20, 25), (55, 59))
+    if small_rows and K > 1000:
+        a_e = (44, 46)  # K = 3072 accumulators are 2^2 larger
+    add = ResidualRequant(requant(14, N, 22, 31, a_e), requant(15, 1, 22, 31, b_e))
+    parts = (linear(13, N, K), add, layernorm(16, N), requant(17, N, 8, 31, out_e),
              _Inputs(x=int8(18, M, K), res=int8(19, M, N)))
     _same_on_gpu(kernels, lambda be, lin, add, ln, rq, x: be.linear_residual_layernorm(x.x, lin, x.res, add, ln, rq),
                  *parts)
