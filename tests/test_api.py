@@ -100,3 +100,40 @@ def test_imports_point_down_the_layers(path):
         return
     upward = [m for m in _imports(path) if (_layer(m) or -1) > own]
     assert not upward, f"{path.relative_to(SRC)} imports upward: {upward}"
+
+
+#: Private names one package may import from another, each with its reason (everything else goes through a public
+#: name, so a package's internals can change without breaking another).
+PRIVATE_IMPORTS_ALLOWED = {
+    ("intbert.engine.backends", "intbert._native"): "the compiled extension module, wrapped by backends/native.py only",
+}
+
+
+def _package_of(module: str) -> str:
+    """The package a module belongs to: itself for a package (a folder), else its parent."""
+    return module if (SRC.parent / module.replace(".", "/")).is_dir() else module.rsplit(".", 1)[0]
+
+
+def _private_imports_across_packages(path: Path) -> list[str]:
+    module = "intbert." + ".".join(path.relative_to(SRC).with_suffix("").parts)
+    own = module.rsplit(".", 1)[0]  # the importing file's package (for an __init__.py: the package itself)
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.ImportFrom) or node.module == "__future__":
+            continue
+        source = ".".join(module.split(".")[: -node.level] + ([node.module] if node.module else [])) if node.level \
+            else node.module
+        if not source.startswith("intbert"):
+            continue
+        for alias in node.names:
+            if alias.name.startswith("_") and not alias.name.startswith("__"):
+                defined_in = source + "." + alias.name if (SRC.parent / source.replace(".", "/")).is_dir() else source
+                if _package_of(defined_in) != own and (own, f"{source}.{alias.name}") not in PRIVATE_IMPORTS_ALLOWED:
+                    found.append(f"{source}.{alias.name}")
+    return found
+
+
+def test_no_package_imports_another_packages_private_names():
+    offenders = {str(p.relative_to(SRC)): names for p in sorted(SRC.rglob("*.py"))
+                 if (names := _private_imports_across_packages(p))}
+    assert not offenders, f"private names imported across packages (make them public where they belong): {offenders}"
