@@ -22,7 +22,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
 
 from ..models.ibert.configuration_ibert import IBertConfig
-from ..models.ibert.modeling_ibert import check_encoder_inputs, create_position_ids_from_input_ids
+from ..models.ibert.modeling_ibert import check_encoder_inputs
 from .backends import Backend, resolve_backend
 from .modules import (
     GELUConstants,
@@ -185,21 +185,23 @@ class IntegerIBertModel(nn.Module):
 
     @torch.no_grad()
     def encode(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-               output_hidden_states=False, output_attentions=False):
+               output_hidden_states=False, output_attentions=False, backend: Backend | None = None):
         """Integer forward: int64 ids (+ 0/1 or bool mask) -> int8 hidden states (B, L, H).
 
         Returns (hidden int8, per-boundary int8 states or None, per-layer uint8 probabilities or None).
         A backend that packs tokens leaves padded positions (attention_mask 0) at 0 (``tokens.py``).
-        Inputs must already be validated (``forward`` does it).
+        Inputs must already be validated (``forward`` does it). ``backend``: run on this one instead of the
+        model's; the ONNX exporter passes its graph backend (``backends.onnx_graph``), whose tensors are graph
+        tensor names, so the graph it writes is this data path.
         """
-        be = self.backend()
+        be = self.backend() if backend is None else backend
         if position_ids is None:
-            position_ids = create_position_ids_from_input_ids(input_ids, self.config.pad_token_id)
+            position_ids = be.position_ids(input_ids, self.config.pad_token_id)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         # Packed: only the real tokens are computed (tokens.py says why the integers do not change).
         pack = be.packs_tokens and self.pack_tokens and not output_attentions
-        tokens = (TokenLayout.packed if pack else TokenLayout.padded)(input_ids, attention_mask)
+        tokens = be.token_layout(input_ids, attention_mask, pack)
         h = self.embeddings(be, *(tokens.pack(t) for t in (input_ids, token_type_ids, position_ids)))
         states = [tokens.unpack(h)] if output_hidden_states else None
         probs_all = [] if output_attentions else None

@@ -1,7 +1,9 @@
 """Export the frozen integer I-BERT (``intbert.freeze``) to an ONNX graph of integer ops, bit-identical in onnxruntime.
 
 ``export_ibert_onnx(model, path)`` builds the graph directly from the ``FrozenIBert``'s integer buffers with
-``onnx.helper`` (no tracing), so every integer operation is the engine's, op for op:
+``onnx.helper`` (no tracing): the integer part is the engine's own ``IntegerIBertModel.encode`` run on the ONNX graph
+backend (``intbert.engine.backends.onnx_graph``, whose tensors are graph tensor names), so every integer operation is
+the engine's, op for op, in the engine's order:
 
     input_ids, attention_mask, token_type_ids (int64; (batch, sequence), or (batch, choices, sequence))
     -> int8 table Gathers -> 16-bit residual adds -> integer LayerNorm -> int8
@@ -11,10 +13,12 @@
     -> last_hidden_state_int8 (int8) and last_hidden_state = int8 * scale (the first float op)
     -> the head's float layers (Gemm / MatMul, Tanh, Erf GELU, LayerNormalization), as the head module computes.
 
-The integer subgraphs (requantization, i-GELU, i-softmax, isqrt, LayerNorm) are in :mod:`intbert.engine.backends.onnx_intops`, each the
-twin of its ``intops`` definition. The file is checked before it is moved into place: onnx's checker, one run in
-onnxruntime at full optimization whose int8 hidden states must equal the engine's, and the int8 kernels in the graph
-onnxruntime optimized (one ``MatMulInteger`` per linear layer and two per attention).
+This module writes what ``encode`` does not hold: inputs and outputs, the multiple-choice flattening, the
+dequantization and the float heads. The integer subgraphs (requantization, i-GELU, i-softmax, isqrt, LayerNorm) are
+in :mod:`intbert.engine.backends.onnx_intops`, each the twin of its ``intops`` definition. The file is checked
+before it is moved into place: onnx's checker, one run in onnxruntime at full optimization whose int8 hidden states
+must equal the engine's (padded positions included), and the int8 kernels in the graph onnxruntime optimized (one
+``MatMulInteger`` per linear layer and two per attention).
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ import torch
 from torch import nn
 
 from ..engine import FrozenIBert, freeze
-from ..engine.model import IntegerIBertModel
 from ..engine.backends import onnx_intops as oi
-from ..engine.modules import IntLinear, Requant
-from ..engine.backends.ort_gemm import ACTIVATION_ZERO_POINT, INT8_ABS_MAX, KERNELS, MAX_K, choose_kernel
+from ..engine.backends.onnx_graph import OnnxGraphBackend
+from ..engine.backends.ort_gemm import INT8_ABS_MAX, KERNELS, MAX_K, choose_kernel
+from ..engine.model import IntegerIBertModel
+from ..engine.modules import IntLinear
 from ..errors import OverflowRiskError
 from ..models.ibert.modeling_ibert import IBertPreTrainedModel
 from .errors import ExportError
@@ -110,8 +115,8 @@ def _check_exportable(frozen: FrozenIBert) -> None:
                          "the pad id, so it must be an int (as the engine needs)")
     if head == "IBertForQuestionAnswering" and config.num_labels != 2:
         raise ValueError(f"IBertForQuestionAnswering needs num_labels=2 (start and end logits), got {config.num_labels}")
-    # MLAS sums u8 x u8 raw products (<= 255 * 255) in int32: exact while K <= MAX_K (engine.backends.ort_gemm). The longest
-    # reduction of the attention context is the sequence, at most max_position_embeddings.
+    # MLAS sums u8 x u8 raw products (<= 255 * 255) in int32: exact while K <= MAX_K (engine.backends.ort_gemm). The
+    # longest reduction of the attention context is the sequence, at most max_position_embeddings.
     for name, K in (("hidden_size", config.hidden_size), ("intermediate_size", config.intermediate_size),
                     ("max_position_embeddings", config.max_position_embeddings)):
         if K > MAX_K:
@@ -149,131 +154,25 @@ def _np(t: torch.Tensor, dtype=None) -> np.ndarray:
     return a.astype(dtype) if dtype is not None else a
 
 
-def _rq(rq: Requant) -> dict:
-    return {"m": _np(rq.m, np.int64), "e": _np(rq.e, np.int64), "input_bits": rq.input_bits}
-
-
 class _GraphWriter:
-    """Writes the engine's data path (engine/model.py) as ONNX nodes, one method per engine module."""
+    """The whole graph: inputs, the engine's ``encode`` on the ONNX graph backend, the float end (heads), outputs.
+
+    The integer part is not written here: ``IntegerIBertModel.encode`` runs on ``OnnxGraphBackend`` (engine/backends/
+    onnx_graph.py), whose ops append the nodes. This class adds what ``encode`` does not hold: the graph's inputs and
+    outputs, the multiple-choice flattening, the dequantization and the head's float layers (as the head module and
+    ``IntegerIBertModel.forward`` compute them).
+    """
 
     def __init__(self, frozen: FrozenIBert, weight_kernel: str, attention_kernel: str):
         self.frozen, self.encoder, self.config = frozen, frozen.encoder, frozen.config
-        self.weight_kernel, self.attention_kernel = weight_kernel, attention_kernel
         self.g = oi.GraphBuilder()
-
-    # -- integer helpers ------------------------------------------------------------------------
-    def requant(self, x: str, rq: Requant) -> str:
-        return oi.requantize(self.g, x, **_rq(rq), bits=rq.bits)
-
-    def to_u8(self, x: str) -> str:
-        """int8 values (int64 in [-128, 127]) as uint8 q + 128, the activation operand at zero point 128."""
-        g = self.g
-        return g.op("Cast", [g.op("Add", [x, g.i64(ACTIVATION_ZERO_POINT, "zp128")], "plus128")], "u8", to=oi.UINT8)
-
-    def to_s8(self, x: str) -> str:
-        return self.g.op("Cast", [x], "s8", to=oi.INT8)
-
-    def linear(self, x_u8: str, lin: IntLinear) -> str:
-        """int8 x (as uint8 + 128) @ W^T + bias -> int64. |acc| + |bias| < 2^31 (checked at freeze): int32 is exact."""
-        g = self.g
-        w_t = _np(lin.weight).T.astype(np.int16)  # [K, N]
-        if self.weight_kernel == "u8s8":
-            b, b_zp = g.const(w_t.astype(np.int8), np.int8, "weight"), g.const(0, np.int8, "zp_s8")
-        else:  # w + 128 in [1, 255] (|w| <= 127), zero point 128: B - 128 = w exactly
-            b, b_zp = g.const((w_t + 128).astype(np.uint8), np.uint8, "weight_u8"), g.const(128, np.uint8, "zp_u8")
-        acc = g.op("MatMulInteger", [x_u8, b, g.const(ACTIVATION_ZERO_POINT, np.uint8, "zp_u8"), b_zp], "acc")
-        acc = g.op("Add", [acc, g.const(_np(lin.bias, np.int32), np.int32, "bias")], "acc_bias")
-        return g.op("Cast", [acc], "acc64", to=oi.INT64)
-
-    def attention_operand(self, x: str) -> tuple[str, str]:
-        """An int8 activation as the right operand of an attention GEMM: (tensor, zero point)."""
-        g = self.g
-        if self.attention_kernel == "u8s8":
-            return self.to_s8(x), g.const(0, np.int8, "zp_s8")
-        return self.to_u8(x), g.const(ACTIVATION_ZERO_POINT, np.uint8, "zp_u8")
-
-    # -- encoder --------------------------------------------------------------------------------
-    def embeddings(self, ids: str, token_types: str) -> str:
-        g, emb, pad = self.g, self.encoder.embeddings, self.config.pad_token_id
-        with g.scope("embeddings."):
-            # RoBERTa positions (create_position_ids_from_input_ids): pad + cumsum(ids != pad) on non-pad tokens.
-            not_pad = g.op("Cast", [g.op("Not", [g.op("Equal", [ids, g.i64(pad, "pad")], "is_pad")], "not_pad")],
-                           "not_pad_i64", to=oi.INT64)
-            count = g.op("CumSum", [not_pad, g.i64(1, "axis1")], "count")
-            positions = g.op("Add", [g.op("Mul", [count, not_pad], "count_masked"), g.i64(pad, "pad")], "positions")
-
-            def lookup(table: torch.Tensor, index: str, name: str) -> str:
-                rows = g.op("Gather", [g.const(_np(table), np.int8, name), index], f"{name}_rows", axis=0)
-                return g.op("Cast", [rows], f"{name}_i64", to=oi.INT64)
-
-            word = lookup(emb.word, ids, "word")
-            h = oi.residual(g, word, lookup(emb.token_type, token_types, "token_type"), _rq(emb.add_token_type.a),
-                            _rq(emb.add_token_type.b), emb.add_token_type.bits)
-            h = oi.residual(g, h, lookup(emb.position, positions, "position"), _rq(emb.add_position.a),
-                            _rq(emb.add_position.b), emb.add_position.bits)
-            return self.requant(self.layernorm(h, emb.ln), emb.out)
-
-    def layernorm(self, x: str, ln) -> str:
-        return oi.int_layernorm(self.g, x, int(ln.sign.numel()), int(ln.shift), _np(ln.sign), _np(ln.bias))
-
-    def dense_residual_layernorm(self, x_u8: str, lin, residual: str, add, ln, out: Requant) -> str:
-        h = oi.residual(self.g, self.linear(x_u8, lin), residual, _rq(add.a), _rq(add.b), add.bits)
-        return self.requant(self.layernorm(h, ln), out)
-
-    def layer(self, i: int, x: str, keep: str) -> str:
-        g, layer = self.g, self.encoder.layer[i]
-        nh = layer.num_heads
-        H = layer.query.weight.shape[0]
-        d = H // nh
-        with g.scope(f"layer.{i}."):
-            x_u8 = self.to_u8(x)
-            split = g.i64([0, 0, nh, d], "heads_shape")  # (B, L, H) -> (B, L, nh, d); 0 copies the input's dim
-
-            def project(lin, rq, name):
-                with g.scope(name + "."):
-                    return g.op("Reshape", [self.requant(self.linear(x_u8, lin), rq), split], "heads")
-
-            q = project(layer.query, layer.query_act, "query")
-            k = project(layer.key, layer.key_act, "key")
-            v = project(layer.value, layer.value_act, "value")
-            with g.scope("attention."):
-                q_u8 = g.op("Transpose", [self.to_u8(q)], "q", perm=[0, 2, 1, 3])  # (B, nh, L, d)
-                k_op, k_zp = self.attention_operand(k)
-                k_t = g.op("Transpose", [k_op], "k_t", perm=[0, 2, 3, 1])  # (B, nh, d, L)
-                zp128 = g.const(ACTIVATION_ZERO_POINT, np.uint8, "zp_u8")
-                # |q.k| <= d * 128 * 128 < 2^31 (checked at freeze): int32 scores.
-                scores = g.op("MatMulInteger", [q_u8, k_t, zp128, k_zp], "scores")
-                sm = layer.softmax
-                consts = {name: int(getattr(sm, name)) for name in sm.BUFFERS}
-                probs = oi.int_softmax(g, g.op("Cast", [scores], "scores64", to=oi.INT64), keep, consts, sm.output_bit)
-                probs_u8 = g.op("Cast", [probs], "probs_u8", to=oi.UINT8)  # in [0, 2^8 - 1]
-                v_op, v_zp = self.attention_operand(v)
-                v_t = g.op("Transpose", [v_op], "v", perm=[0, 2, 1, 3])  # (B, nh, L, d)
-                # |p.v| <= L * 255 * 128 < 2^31 for L <= max_position_embeddings (checked at freeze).
-                context = g.op("MatMulInteger", [probs_u8, v_t, g.const(0, np.uint8, "zp0_u8"), v_zp], "context")
-                context = g.op("Reshape", [g.op("Transpose", [context], "context_t", perm=[0, 2, 1, 3]),
-                                           g.i64([0, 0, H], "hidden_shape")], "context_merged")
-                context = self.requant(g.op("Cast", [context], "context64", to=oi.INT64), layer.context_act)
-            with g.scope("attention_output."):
-                a = self.dense_residual_layernorm(self.to_u8(context), layer.attention_dense, x, layer.attention_add,
-                                                  layer.attention_ln, layer.attention_out)
-                a = self.requant(a, layer.pre_intermediate)
-            with g.scope("intermediate."):
-                gelu = layer.gelu
-                h = oi.int_gelu(g, self.linear(self.to_u8(a), layer.intermediate), _np(gelu.b), _np(gelu.c),
-                                _np(gelu.one))
-                h = self.requant(self.requant(h, layer.gelu_act), layer.pre_output)
-            with g.scope("output."):
-                return self.dense_residual_layernorm(self.to_u8(h), layer.output_dense, a, layer.output_add,
-                                                     layer.output_ln, layer.output_out)
+        # Nodes are named after the engine module they compute with (layer.0.query.MatMulInteger., ...).
+        names = {id(module): name for name, module in self.encoder.named_modules() if name}
+        self.backend = OnnxGraphBackend(self.g, weight_kernel, attention_kernel, names)
 
     def encode(self, ids: str, mask: str, token_types: str) -> str:
-        g = self.g
-        # attention_mask.bool()[:, None, None, :]: nonzero = attend.
-        keep = g.op("Unsqueeze", [g.op("Cast", [mask], "keep", to=oi.BOOL), g.i64([1, 2], "axes12")], "keep_4d")
-        h = self.embeddings(ids, token_types)
-        for i in range(len(self.encoder.layer)):
-            h = self.layer(i, h, keep)
+        """The engine's integer forward as graph nodes: the int8 last hidden states (an int64 tensor)."""
+        h, _, _ = self.encoder.encode(ids, mask, token_types, backend=self.backend)
         return h
 
     # -- float heads ----------------------------------------------------------------------------

@@ -19,7 +19,9 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from ...models.ibert.modeling_ibert import create_position_ids_from_input_ids
 from ..modules import GELUConstants, IntLinear, LayerNormConstants, Requant, ResidualRequant, SoftmaxConstants
+from ..tokens import TokenLayout
 
 
 class Backend(ABC):
@@ -59,6 +61,15 @@ class Backend(ABC):
     @abstractmethod
     def layernorm(self, q: torch.Tensor, ln: LayerNormConstants) -> torch.Tensor:
         """Integer LayerNorm of 22-bit rows (``intops.int_layernorm``) -> int32."""
+
+    # -- inputs: what ``encode`` asks before the first layer (a graph backend answers with graph nodes) ---------
+    def position_ids(self, input_ids, pad_token_id: int):
+        """RoBERTa positions of int64 ids (B, L): pad + 1, pad + 2, ... over non-pad tokens; pad tokens keep pad."""
+        return create_position_ids_from_input_ids(input_ids, pad_token_id)
+
+    def token_layout(self, input_ids, attention_mask, pack: bool) -> TokenLayout:
+        """The batch's layout: packed real tokens when ``pack`` (only asked of a backend that ``packs_tokens``)."""
+        return (TokenLayout.packed if pack else TokenLayout.padded)(input_ids, attention_mask)
 
     # -- composites (fusable) -----------------------------------------------------------------------
     def linear_requant(self, x: torch.Tensor, lin: IntLinear, rq: Requant) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """I-BERT's integer functions as ONNX subgraphs, bit-identical to ``intbert.quantization.intops``.
 
-Each builder appends nodes to a :class:`GraphBuilder` and returns the name of its output tensor. Its twin in
+The ops of the ONNX graph backend (:mod:`.onnx_graph`), which the exporter runs the engine's ``encode`` on. Each
+builder appends nodes to a :class:`GraphBuilder` and returns the name of its output tensor. Its twin in
 ``intops`` (named in each docstring) is the definition: tests/test_export_ibert_onnx.py runs every builder alone in
 onnxruntime on range-edge integers and compares with the twin with ``np.array_equal``.
 
@@ -64,9 +65,10 @@ class GraphBuilder:
         self._prefix = ""
 
     @contextlib.contextmanager
-    def scope(self, prefix: str) -> Iterator[None]:
+    def scope(self, prefix: str, *, absolute: bool = False) -> Iterator[None]:
+        """Names made inside start with the current prefix + ``prefix`` (or ``prefix`` alone when ``absolute``)."""
         outer = self._prefix
-        self._prefix = outer + prefix
+        self._prefix = prefix if absolute else outer + prefix
         try:
             yield
         finally:

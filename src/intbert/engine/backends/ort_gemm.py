@@ -28,11 +28,11 @@ Two MLAS kernels, and when each is exact:
 
 Kernel choice (:func:`choose_kernel`, ``kernel=None``): u8s8 when its pair sums cannot saturate (max|w| <= 64)
 or when this CPU's u8s8 kernel is exact for full int8; otherwise u8u8. A file written for other CPUs (the ONNX
-exporter: ``portable=True``) takes u8s8 only where it cannot saturate anywhere. Splitting an 8-bit weight into two 7-bit-safe
-halves (``w = ceil(w/2) + floor(w/2)``, both in [-64, 64], run as one u8s8 GEMM with 2N columns) is exact
-everywhere too, but loses to that choice: on a VNNI CPU it measured ~0.45x plain u8s8, and without VNNI
-it does twice the u8s8 work (~165 GOPS per core on the baseline EPYC, so ~80 effective) where u8u8 runs
-at ~130 (estimated from the baseline's kernel rates, not timed on that CPU; benchmarks/int_gemm.py).
+exporter: ``portable=True``) takes u8s8 only where it cannot saturate anywhere. Splitting an 8-bit weight into
+two 7-bit-safe halves (``w = ceil(w/2) + floor(w/2)``, both in [-64, 64], run as one u8s8 GEMM with 2N
+columns) is exact everywhere too, but loses to that choice: on a VNNI CPU it measured ~0.45x plain u8s8, and
+without VNNI it does twice the u8s8 work (~165 GOPS per core on the baseline EPYC, so ~80 effective) where
+u8u8 runs at ~130 (estimated from the baseline's kernel rates, not timed on that CPU; benchmarks/int_gemm.py).
 
 int32 accumulators: MLAS sums the raw products ``sum_k x*w`` and subtracts the zero-point terms in
 int32. With |raw product| <= 255 * 255 every partial sum stays below 2^31 while
