@@ -160,7 +160,7 @@ def _act_ints_oracle(x: torch.Tensor, s_in: float, s_out: torch.Tensor, bits: in
     """round(x / S_in) requantized by dyadic(S_in / S_out) (half up) and clamped to ``bits``."""
     m, e = I.dyadic(torch.tensor([s_in], dtype=torch.float64) / s_out.double())
     out = [_requant_oracle(round(v / s_in), m.item(), e.item()) for v in x.flatten().tolist()]
-    lo, hi = I.qrange(bits)
+    lo, hi = I.quant_bounds(bits)
     return _int([max(lo, min(hi, v)) for v in out]).reshape(x.shape)
 
 
