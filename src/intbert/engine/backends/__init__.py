@@ -1,10 +1,14 @@
 """Backends of the frozen engine, chosen by device unless named.
 
-* ``reference``: plain torch integer ops (CPU, CUDA): the definition.
+* ``reference``: the ``intops`` definitions in plain torch integer ops (CPU, CUDA): the oracle every other
+  backend is tested against (its GEMM is tested against ``intops.int_matmul``, the GEMM's definition).
 * ``native``: intbert's own C++ kernels (CPU; built by ``pip install``): the default on a CPU.
 * ``cpu``: onnxruntime integer GEMMs + compiled integer elementwise kernels (needs onnxruntime); the
   CPU fallback where the native kernels could not be built.
 * ``cuda``: int8 tensor-core GEMMs (``torch._int_mm``) + compiled (Triton) integer elementwise kernels.
+
+Not in the registry: ``onnx_graph.OnnxGraphBackend``, whose tensors are ONNX graph tensor names; the ONNX
+exporter runs the engine's ``encode`` on it to write the graph (it computes nothing on a device).
 """
 
 from __future__ import annotations

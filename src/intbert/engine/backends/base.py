@@ -1,10 +1,13 @@
 """The backend interface of the frozen engine: the few integer operations an encoder layer needs.
 
 A backend gets integer tensors and the constant modules of ``engine.modules`` and returns integer
-tensors. Every backend must give the same integers as :class:`~.reference.ReferenceBackend`, the
-plain-torch definition (tests/test_engine_backends.py compares them with ``torch.equal``). The
-composite methods at the bottom exist so a fast backend can fuse a chain into one kernel; their
-default bodies are the definition.
+tensors. The definitions are the exact integer functions of ``quantization.intops`` (``int_matmul`` for
+the GEMMs, ``requantize``, ``int_softmax``, ``int_gelu``, ``int_layernorm``). Every backend must give
+the same integers as :class:`~.reference.ReferenceBackend`, the plain-torch oracle that calls them
+(tests/test_engine_backends.py compares every backend with it using ``torch.equal``; its GEMM, an int32
+``matmul`` because the engine runs no float op, is compared with ``int_matmul`` directly in
+tests/test_int_gemm_twins.py). The composite methods at the bottom exist so a fast backend can fuse a
+chain into one kernel; their default bodies are the definition of each chain.
 
 Tensor conventions: activations int8, probabilities uint8, GEMM accumulators int32, LayerNorm
 inputs and outputs int32, i-GELU outputs int64; masks are bool (True = attend). Token-wise methods
@@ -36,11 +39,11 @@ class Backend(ABC):
     # -- primitives -------------------------------------------------------------------------------
     @abstractmethod
     def linear(self, x: torch.Tensor, lin: IntLinear) -> torch.Tensor:
-        """int8 [..., K] -> int32 [..., N] = x @ W^T + b (exact; the freeze bound keeps it in int32)."""
+        """int8 [..., K] -> int32 [..., N] = ``intops.int_matmul(x, W^T)`` + b (the freeze bound keeps it in int32)."""
 
     @abstractmethod
     def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Batched a @ b of int8/uint8 operands -> int32 (attention scores and context)."""
+        """Batched ``intops.int_matmul(a, b)`` of int8/uint8 operands -> int32 (attention scores and context)."""
 
     @abstractmethod
     def requantize(self, q: torch.Tensor, rq: Requant) -> torch.Tensor:

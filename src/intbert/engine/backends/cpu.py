@@ -1,7 +1,9 @@
 """The fast CPU backend: onnxruntime's integer GEMMs + compiled integer elementwise kernels.
 
-GEMMs: ``engine.backends.ort_gemm`` (MLAS ``MatMulInteger``), exact by construction of the kernel choice
-(u8 x s8 for weights of at most 7 bits, u8 x u8 otherwise on CPUs without VNNI). Activations stay int8
+GEMMs: ``engine.backends.ort_gemm`` (MLAS ``MatMulInteger``), twins of ``intops.int_matmul`` (the
+definition; tests/test_int_gemm_twins.py), exact by construction of the kernel choice
+(``ort_gemm.choose_kernel``: u8 x s8 for weights of at most 7 bits, or where this CPU's probe finds
+u8 x s8 exact for full int8; u8 x u8 otherwise). Activations stay int8
 between ops; an int8 q becomes the uint8 q + 128 that MLAS wants by flipping its top bit (x ^ 0x80).
 Elementwise chains: ``fused_ops`` (one compiled kernel per chain). Results equal the reference
 backend's bit for bit (tests/test_engine_backends.py).

@@ -1,7 +1,11 @@
 """The portable reference backend: the ``intops`` definitions in plain torch integer ops, CPU or CUDA.
 
 Slow by design (int32 matmuls have no BLAS on CPU; eager int64 elementwise chains), it is the
-definition every fast backend is tested against.
+oracle every fast backend is tested against. Its elementwise ops call the ``intops`` functions. Its
+GEMM (:func:`int8_matmul`) is the twin of the GEMM's definition, ``intops.int_matmul``, in integer
+dtypes: int_matmul computes through an exact float32 (CPU) or float64 (CUDA) GEMM, and the engine
+runs no float op between the ids and the last hidden state (tests/test_engine_freeze.py). The two
+are compared directly in tests/test_int_gemm_twins.py.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ def _int_mm_cuda(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Exact a @ b (batched, broadcast leading dims) of int8 / uint8 operands, int32 result.
+    """Exact a @ b (batched, broadcast leading dims) of int8 / uint8 operands, int32 result: twin of
+    ``intops.int_matmul(a, b)`` (the definition), in integer dtypes only.
 
     CPU: int32 ``torch.matmul`` (exact: every bound K * 255 * 128 < 2^31 is checked at freeze).
     CUDA: ``torch._int_mm`` per matrix. A uint8 operand p in [0, 255] does not fit int8, so
