@@ -251,7 +251,7 @@ def rescale(g: GraphBuilder, q: str, m: np.ndarray, e: np.ndarray, input_bits: i
 
 def requantize(g: GraphBuilder, q: str, m: np.ndarray, e: np.ndarray, bits: int, input_bits: int) -> str:
     """clamp(round_half_up(q m / 2^e), -2^(bits-1), 2^(bits-1) - 1): twin of ``intops.requantize``."""
-    return clip(g, rescale(g, q, m, e, input_bits), *intops.qrange(bits))
+    return clip(g, rescale(g, q, m, e, input_bits), *intops.quant_bounds(bits))
 
 
 def residual(g: GraphBuilder, a: str, b: str, rq_a: dict, rq_b: dict, bits: int) -> str:
@@ -261,7 +261,7 @@ def residual(g: GraphBuilder, a: str, b: str, rq_a: dict, rq_b: dict, bits: int)
     below 2^62 shifted right), so their sum fits int64 before the clamp.
     """
     total = g.op("Add", [rescale(g, a, **rq_a), rescale(g, b, **rq_b)], "sum")
-    return clip(g, total, *intops.qrange(bits))
+    return clip(g, total, *intops.quant_bounds(bits))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ class ReferenceBackend(Backend):
         total = intops.rescale(a.long(), add.a.m, add.a.e, add.a.input_bits) + intops.rescale(
             b.long(), add.b.m, add.b.e, add.b.input_bits
         )
-        return total.clamp_(*intops.qrange(add.bits)).to(add.a.dtype)
+        return total.clamp_(*intops.quant_bounds(add.bits)).to(add.a.dtype)
 
     def softmax(self, scores, keep, sm):
         return intops.int_softmax(scores, keep, sm.as_dict(), sm.output_bit).to(torch.uint8)
