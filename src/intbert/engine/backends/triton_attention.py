@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from . import triton_intops as ti
+from .triton_gemm import check_offsets
 
 INTERPRET = bool(triton.knobs.runtime.interpret)
 #: Sentinel below every shifted score (|s >> pre_shift| < 2^31): the max of a row with no kept key. A constexpr:
@@ -146,6 +147,7 @@ def attention_requant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: t
         if t.stride(-1) != 1:
             raise ValueError("attention_requant needs unit stride along the hidden dim")
     out = torch.empty((B, L, H), dtype=torch.int8, device=q.device)
+    check_offsets(q, k, v, out)
     if keep is not None:
         keep_rows = keep.reshape(B, L).to(torch.int8)  # (B, L): 1 = attend
         skeepb = keep_rows.stride(0)

@@ -196,10 +196,25 @@ def _stride(t: torch.Tensor) -> int:
     return 0 if t.numel() == 1 else 1
 
 
+#: The kernels compute element offsets in int32 (row * stride + column).
+MAX_OFFSET = 2**31 - 1
+
+
+def check_offsets(*tensors: torch.Tensor) -> None:
+    """Refuse tensors whose last element lies past an int32 offset (e.g. B * L * 3H >= 2^31), naming the fix."""
+    for t in tensors:
+        last = sum((n - 1) * st for n, st in zip(t.shape, t.stride())) if t.numel() else 0
+        if last > MAX_OFFSET:
+            raise ValueError(f"a tensor of shape {tuple(t.shape)} is too large for the Triton kernels' int32 offsets "
+                             f"(last element at {last} > 2^31 - 1): split the batch, or use kernels='torch'")
+
+
 def _rows(x: torch.Tensor) -> torch.Tensor:
     """(..., K) -> (M, K) with unit stride along K (a view where possible)."""
     x2 = x.reshape(-1, x.shape[-1])
-    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+    x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
+    check_offsets(x2)
+    return x2
 
 
 def linear_requant(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, m: torch.Tensor, e: torch.Tensor,
@@ -211,6 +226,7 @@ def linear_requant(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, m:
     M, K = x2.shape
     N = weight.shape[0]
     out = torch.empty((M, N), dtype=torch.int8, device=x.device)
+    check_offsets(out)
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))  # noqa: E731
     _launch("requant", grid, x2, weight, bias, m, e, out, M, N, K, x2.stride(0), x2.stride(1), weight.stride(0),
             weight.stride(1), out.stride(0), M_STRIDE=_stride(m), BITS=bits, INPUT_BITS=input_bits)
@@ -223,6 +239,7 @@ def linear_gelu_requant(x, lin, g, rq1, rq2) -> torch.Tensor:
     M, K = x2.shape
     N = lin.weight.shape[0]
     out = torch.empty((M, N), dtype=torch.int8, device=x.device)
+    check_offsets(out)
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))  # noqa: E731
     _launch("gelu", grid, x2, lin.weight, lin.bias, g.b, g.c, g.one, rq1.m, rq1.e, rq2.m, rq2.e, out, M, N, K,
             x2.stride(0), x2.stride(1), lin.weight.stride(0), lin.weight.stride(1), out.stride(0),
@@ -241,6 +258,7 @@ def linear_residual_layernorm(x, lin, residual, add, ln, rq) -> torch.Tensor:
     N = lin.weight.shape[0]
     out = torch.empty((M, N), dtype=torch.int8, device=x.device)
     h = torch.empty((M, N), dtype=torch.int32, device=x.device)  # pass-1 scratch (see the module docstring)
+    check_offsets(h)
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]),)  # noqa: E731
     _launch("layernorm", grid, x2, lin.weight, lin.bias, r2, add.a.m, add.a.e, add.b.m, add.b.e, ln.shift, ln.sign,
             ln.bias, rq.m, rq.e, h, out, M, N, K, x2.stride(0), x2.stride(1), lin.weight.stride(0),
