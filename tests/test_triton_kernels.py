@@ -123,6 +123,19 @@ def _requantize(per_channel, input_bits):
     return run
 
 
+def _embed(be):
+    """Tables of 50 words, 2 types, 40 positions (hidden 30), per-channel and per-tensor adds onto 16 bits, ids (2, 17)."""
+    from intbert.engine.model import IntEmbeddings
+
+    H = 30
+    emb = IntEmbeddings(int8(41, 50, H), int8(42, 2, H), int8(43, 40, H),
+                        add_token_type=ResidualRequant(requant(44, H, 16, 8, (24, 26)), requant(45, 1, 16, 8, (24, 26))),
+                        add_position=ResidualRequant(requant(46, 1, 16, 16, (30, 31)), requant(47, H, 16, 8, (24, 26))),
+                        ln=layernorm(48, H), out=requant(49, H, 8, 31, (53, 56)))
+    ids, types, pos = randint(50, 0, 50, (2, 17)), randint(51, 0, 2, (2, 17)), randint(52, 0, 40, (2, 17))
+    return be.embed(emb, ids, types, pos)
+
+
 CASES = {
     "linear_requant_w8_per_channel": _linear_requant(8, True, 31),
     "linear_requant_w7_per_tensor_32bit_input": _linear_requant(7, False, 32),
@@ -137,6 +150,7 @@ CASES = {
     "attention_L33_holes_pre_shift": _attention(33, "holes", 1e-6, True),
     "attention_L33_no_mask": _attention(33, None, 3e-4, False),
     "attention_L33_tail_padding": _attention(33, "tail", 2e-3, True),
+    "embed": _embed,
     "requantize_per_channel": _requantize(True, 31),
     "requantize_per_tensor_32bit_input": _requantize(False, 32),
 }
@@ -205,7 +219,8 @@ def _worker(out_path: str, encoder_path: str) -> None:
 
 #: Pointer arguments that are not int64 constants, by name.
 _POINTERS = {"x_ptr": "*i8", "w_ptr": "*i8", "bias_ptr": "*i32", "out_ptr": "*i8", "res_ptr": "*i8", "h_ptr": "*i32",
-             "q_ptr": "*i8", "k_ptr": "*i8", "v_ptr": "*i8", "keep_ptr": "*i8"}
+             "q_ptr": "*i8", "k_ptr": "*i8", "v_ptr": "*i8", "keep_ptr": "*i8", "word_ptr": "*i8", "type_ptr": "*i8",
+             "posemb_ptr": "*i8"}
 
 
 def _compile_kernels(arch: int) -> None:
@@ -213,7 +228,7 @@ def _compile_kernels(arch: int) -> None:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from intbert.engine.backends import triton_attention, triton_gemm, triton_requant
+    from intbert.engine.backends import triton_attention, triton_embed, triton_gemm, triton_requant
 
     gemm_tile = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128)
     kernels = [
@@ -228,6 +243,8 @@ def _compile_kernels(arch: int) -> None:
         (triton_attention._attention_requant_kernel, dict(HAS_KEEP=False, M_STRIDE=0, OUT_BIT=8, BITS=8, INPUT_BITS=31,
                                                           ONE_BLOCK=False, BLOCK_M=32, BLOCK_N=64, BLOCK_D=32)),
         (triton_requant._requant_kernel, dict(M_STRIDE=1, BITS=8, INPUT_BITS=31, BLOCK=1024)),
+        (triton_embed._embed_kernel, dict(SA1=1, SB1=0, SA2=0, SB2=1, M_STRIDE=1, INA1=8, INB1=8, BITS1=16, INA2=16,
+                                          INB2=8, BITS2=16, BITS=8, INPUT_BITS=31, BLOCK_M=8, BLOCK_N=256)),
     ]
     failed = 0
     for fn, constexprs in kernels:
@@ -311,7 +328,7 @@ def test_every_kernel_compiles_for_an_nvidia_gpu_without_one(arch):
     done = subprocess.run([sys.executable, __file__, "--compile", str(arch)], env=env, capture_output=True, text=True,
                           timeout=WORKER_TIMEOUT_S)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
-    assert done.stdout.count("compiled ") == 6
+    assert done.stdout.count("compiled ") == 7
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ Two kernel sets, chosen per backend instance (``CUDABackend(kernels=...)``, else
 * ``triton``: one kernel per step of a layer, the integer chain fused into the GEMM's epilogue
   (``triton_gemm``: Q/K/V as one GEMM + requantize, dense + residual + LayerNorm + requantize, FFN up +
   i-GELU + two requantizations), a flash-style fused attention (``triton_attention``: scores never leave
-  registers) and a Triton requantization (``triton_requant``). Every launch is capturable by a CUDA graph
-  (``cuda_graphs``): no host synchronisation, no ``torch.compile``.
+  registers), the embeddings + LayerNorm in one kernel (``triton_embed``) and a Triton requantization
+  (``triton_requant``). Every launch is capturable by a CUDA graph (``cuda_graphs``): no host synchronisation,
+  no ``torch.compile``.
 * ``torch``: int8 tensor-core GEMMs by ``torch._int_mm`` (operands padded where it needs it,
   reference.int8_matmul) and the ``fused_ops`` chains compiled by ``torch.compile``; the fallback.
 
@@ -123,6 +124,13 @@ class CUDABackend(CompiledElementwise, ReferenceBackend):
 
             return triton_gemm.linear_residual_layernorm(x, lin, residual, add, ln, rq)
         return super().linear_residual_layernorm(x, lin, residual, add, ln, rq)
+
+    def embed(self, emb, input_ids, token_type_ids, position_ids):
+        if self.fused and _fits_int8(emb.out) and emb.add_token_type.bits <= 32 and emb.add_position.bits <= 32:
+            from . import triton_embed
+
+            return triton_embed.embed(emb, input_ids, token_type_ids, position_ids)
+        return super().embed(emb, input_ids, token_type_ids, position_ids)
 
     def attention_requant(self, q, k, v, tokens, heads, sm, rq):
         if self.fused and _fits_int8(rq) and not tokens.is_packed:

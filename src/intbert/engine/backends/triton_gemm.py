@@ -140,35 +140,8 @@ def _linear_residual_layernorm_kernel(
         h = tl.where(both, h, 0)
         total += tl.sum(h, axis=1)
         tl.store(h_ptr + rows[:, None] * shm + cols[None, :], h.to(tl.int32), mask=both)
-    # The threads that read a tile of h in passes 2 and 3 need not be those that wrote it: a block-wide
-    # barrier makes the global writes of pass 1 visible to the whole program (a no-op in the interpreter).
-    tl.debug_barrier()
-    mean = ti.row_mean(total, N)[:, None]
-    shift = tl.load(shift_ptr)
-    # Pass 2: var = sum(((h - mean) >> shift)^2) < N 2^46 (|h - mean| < 2^23, shift >= 0), exact in int64.
-    var = tl.zeros((BLOCK_M,), dtype=tl.int64)
-    for n0 in range(0, N, BLOCK_N):
-        cols = n0 + cs
-        both = rmask[:, None] & (cols < N)[None, :]
-        y = tl.load(h_ptr + rows[:, None] * shm + cols[None, :], mask=both, other=0).to(tl.int64) - mean
-        ys = tl.where(both, y >> shift, 0)
-        var += tl.sum(ys * ys, axis=1)
-    # std = max(isqrt(var) << shift, 1) < 2^32 (shift <= 22, N < 2^16: modules.LN_MAX_SHIFT); 1 for a constant row.
-    std = tl.maximum(ti.isqrt(var) << shift, 1)[:, None]
-    # Pass 3: n = floor(y 2^30 / std); clamp(sign (n + bias)) to int32; requantize to BITS; store int8.
-    for n0 in range(0, N, BLOCK_N):
-        cols = n0 + cs
-        cmask = cols < N
-        both = rmask[:, None] & cmask[None, :]
-        y = tl.load(h_ptr + rows[:, None] * shm + cols[None, :], mask=both, other=0).to(tl.int64) - mean
-        n = ti.floor_div_by_reciprocal(y, std)
-        sign = tl.load(sign_ptr + cols, mask=cmask, other=1)[None, :]
-        lnb = tl.load(lnb_ptr + cols, mask=cmask, other=0)[None, :]
-        ln = tl.minimum(tl.maximum(sign * (n + lnb), ti.INT32_MIN), ti.INT32_MAX)
-        m = tl.load(m_ptr + cols * M_STRIDE, mask=cmask, other=0)[None, :]
-        e = tl.load(e_ptr + cols * M_STRIDE, mask=cmask, other=0)[None, :]
-        out = ti.requantize(ln, m, e, BITS, INPUT_BITS)
-        tl.store(out_ptr + rows[:, None] * som + cols[None, :], out.to(tl.int8), mask=both)
+    ti.layernorm_requant_rows(h_ptr, out_ptr, rows, rmask, total, N, shm, som, shift_ptr, sign_ptr, lnb_ptr, m_ptr,
+                              e_ptr, M_STRIDE, BITS, INPUT_BITS, BLOCK_N)
 
 
 if INTERPRET:

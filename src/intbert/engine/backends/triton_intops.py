@@ -171,3 +171,44 @@ def floor_div_by_reciprocal(y, d):
 def row_mean(total, C):
     """round_half_up(total / C) = floor((2 total + C) / (2 C)) (intops._row_mean); |total| < 2^22 C."""
     return floor_div(2 * total + C, 2 * C)
+
+
+@triton.jit
+def layernorm_requant_rows(h_ptr, out_ptr, rows, rmask, total, N, shm, som, shift_ptr, sign_ptr, lnb_ptr, m_ptr, e_ptr,
+                           M_STRIDE: tl.constexpr, BITS: tl.constexpr, INPUT_BITS: tl.constexpr,
+                           BLOCK_N: tl.constexpr):
+    """Integer LayerNorm + requantization of BLOCK_M whole rows already in an int32 scratch (intops.int_layernorm,
+    then intops.requantize); ``total`` holds their int64 row sums. Writes int8 rows of ``out``.
+
+    Rows of N <= 2^16 channels with |h| < 2^22, as int_layernorm's bounds. Two walks over the row's N tiles:
+    pass 2: var = sum(((h - mean) >> shift)^2) < N 2^46 (|h - mean| < 2^23), exact in int64;
+    std = max(isqrt(var) << shift, 1) < 2^32 (shift <= 22: modules.LN_MAX_SHIFT), 1 for a constant row;
+    pass 3: n = floor((h - mean) 2^30 / std); clamp(sign (n + bias)) to int32; requantize to BITS.
+    """
+    # The threads that read a tile of h need not be those that wrote it: a block-wide barrier makes the caller's
+    # global writes visible to the whole program (a no-op in the interpreter).
+    tl.debug_barrier()
+    cs = tl.arange(0, BLOCK_N)
+    mean = row_mean(total, N)[:, None]
+    shift = tl.load(shift_ptr)
+    var = total * 0
+    for n0 in range(0, N, BLOCK_N):
+        cols = n0 + cs
+        both = rmask[:, None] & (cols < N)[None, :]
+        y = tl.load(h_ptr + rows[:, None] * shm + cols[None, :], mask=both, other=0).to(tl.int64) - mean
+        ys = tl.where(both, y >> shift, 0)
+        var += tl.sum(ys * ys, axis=1)
+    std = tl.maximum(isqrt(var) << shift, 1)[:, None]
+    for n0 in range(0, N, BLOCK_N):
+        cols = n0 + cs
+        cmask = cols < N
+        both = rmask[:, None] & cmask[None, :]
+        y = tl.load(h_ptr + rows[:, None] * shm + cols[None, :], mask=both, other=0).to(tl.int64) - mean
+        n = floor_div_by_reciprocal(y, std)
+        sign = tl.load(sign_ptr + cols, mask=cmask, other=1)[None, :]
+        lnb = tl.load(lnb_ptr + cols, mask=cmask, other=0)[None, :]
+        ln = tl.minimum(tl.maximum(sign * (n + lnb), INT32_MIN), INT32_MAX)
+        m = tl.load(m_ptr + cols * M_STRIDE, mask=cmask, other=0)[None, :]
+        e = tl.load(e_ptr + cols * M_STRIDE, mask=cmask, other=0)[None, :]
+        out = requantize(ln, m, e, BITS, INPUT_BITS)
+        tl.store(out_ptr + rows[:, None] * som + cols[None, :], out.to(tl.int8), mask=both)
