@@ -1,8 +1,9 @@
 """CUDA graphs for the integer encoder: one captured graph per (batch, length) bucket, replayed per call.
 
 At BERT sizes a layer is a handful of short kernels (with the fused Triton kernels: Q/K/V GEMM, attention,
-dense + LayerNorm, requantize, FFN up, FFN down + LayerNorm = 6 per layer, 72 for RoBERTa-base), and at
-small batches their launch overhead is most of the time. A CUDA graph replays all of them with one launch.
+dense + LayerNorm, requantize, FFN up, FFN down + LayerNorm = 6 per layer, 73 for RoBERTa-base with the
+embeddings), and at small batches their launch overhead is most of the time. A CUDA graph replays them all
+with one launch.
 
 A graph has static shapes and static memory, so a batch is padded up to its bucket: extra positions get
 the pad token and attention_mask 0 and extra sequences are fully masked. Padding changes no integer on a
@@ -12,8 +13,8 @@ result is cut back to (B, L). Position ids are computed from the real ids before
 What capture needs from the backend (``CUDABackend(kernels="triton")`` has it): no host synchronisation
 inside ``encode`` (constants are read by the kernels from device memory, not with ``.item()``), no
 ``torch.compile`` recompiling during capture, and every Triton kernel compiled and autotuned before
-capture: the warm-up runs do that on a side stream. Embeddings run the ``fused_ops`` chains (compiled by
-``torch.compile`` on large batches): the warm-up compiles them, the capture records the kernels they launch.
+capture: the warm-up runs do that on a side stream. With ``kernels="torch"`` the ``fused_ops`` chains are
+``torch.compile`` code: the warm-up compiles them and the capture records the kernels they launch (untested).
 
 Twin: ``encoder.encode`` itself (tests/test_engine_gpu.py compares replays with it and with the CPU reference).
 """
