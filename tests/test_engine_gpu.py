@@ -4,7 +4,8 @@ Every comparison is ``torch.equal`` between the reference backend on the CPU and
 GPU: the fused Triton kernels (``kernels="triton"``) and the ``torch._int_mm`` fallback (``kernels="torch"``),
 kernel by kernel at BERT-like sizes (K = 768 and 3072, one key block at L = 128 and several at L = 200),
 then whole frozen models: every head, head size 15, padding (at the end and inside), batch > 1, and the
-encoder replayed from CUDA graphs. All marked gpu: skipped without a CUDA device (conftest.py).
+encoder replayed from CUDA graphs. All marked gpu (skipped without a CUDA device, conftest.py) but the last, which
+checks on the CPU what the graphs rely on: padding a batch to its bucket changes no integer.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from intbert.quantization import intops
 from _engine_parts import int8, layernorm, linear, requant
 from _sizes import randint
 from test_ibert_modeling import HEADS, batch, build, calibrated, tiny_config
-
-pytestmark = pytest.mark.gpu
 
 KERNELS = [pytest.param("triton", marks=pytest.mark.skipif(not triton_available(), reason="needs triton")), "torch"]
 REF = ReferenceBackend()
@@ -51,6 +50,7 @@ class _Inputs(torch.nn.Module):
             self.register_buffer(name, t)
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("weight_bit", [8, 7])
 @pytest.mark.parametrize("M,K,N", [(1, 768, 768), (300, 768, 2304), (4 * 128, 3072, 768)])
@@ -66,6 +66,7 @@ def test_linear_requant_and_stacked_qkv(kernels, weight_bit, M, K, N):
     _same_on_gpu(kernels, qkv, _Inputs(x=int8(3, M, K)), *lins, *rqs)
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("M", [1, 4 * 128 + 3])
 def test_ffn_up_gelu_chain(kernels, M):
@@ -76,6 +77,7 @@ def test_ffn_up_gelu_chain(kernels, M):
     _same_on_gpu(kernels, lambda be, lin, g, rq1, rq2, x: be.linear_gelu_requant(x.x, lin, g, rq1, rq2), *parts)
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("M,K,N", [(1, 3072, 768), (4 * 128 + 3, 768, 768), (37, 72, 30)])
 @pytest.mark.parametrize("small_rows", [False, True])
@@ -91,6 +93,7 @@ def test_dense_residual_layernorm_chain(kernels, M, K, N, small_rows):
                  *parts)
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("B,L,heads,d", [(2, 1, 2, 15), (3, 17, 2, 15), (2, 128, 12, 64), (2, 200, 4, 64),
                                          (1, 33, 3, 15)])
@@ -119,6 +122,7 @@ def _odd_head(name):
     return calibrated(model, make), make
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("name", list(HEADS))
 def test_every_head_on_cuda_equals_the_cpu_reference(kernels, name, monkeypatch):
@@ -155,6 +159,7 @@ def _holey(seed, b, seq):
     return x
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("kernels", KERNELS)
 def test_encoder_integers_at_every_layer_boundary(kernels):
     encoder = _frozen_encoder()
@@ -169,6 +174,7 @@ def test_encoder_integers_at_every_layer_boundary(kernels):
     assert all(torch.equal(a.cpu(), b) for a, b in zip(got[1], want[1]))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not triton_available(), reason="needs triton")
 def test_cuda_graph_replays_equal_the_cpu_reference_across_buckets():
     """Two buckets, each replayed with new inputs (lengths 5, 13, 37 and batches 1, 3), padding in the inputs:
@@ -186,3 +192,22 @@ def test_cuda_graph_replays_equal_the_cpu_reference_across_buckets():
         got = graphed.encode(*(x[k].cuda() for k in ("input_ids", "attention_mask", "token_type_ids")))
         assert torch.equal(got.cpu(), w)
     assert graphed.buckets == [(1, 16), (4, 16), (4, 40)]
+
+
+@pytest.mark.parametrize("mask", [True, False])
+def test_padding_to_a_graph_bucket_changes_no_integer(mask):
+    """What GraphedEncoder relies on, on the CPU reference: (3, 13) ids padded to a (4, 16) bucket (pad ids, mask 0,
+    a fully masked extra sequence) give the unpadded integers on [:3, :13], padded positions of the input included;
+    without a mask too (it becomes ones on the real block)."""
+    from intbert.engine.backends.cuda_graphs import pad_to_bucket
+    from intbert.models.ibert.modeling_ibert import create_position_ids_from_input_ids
+
+    encoder = _frozen_encoder()
+    x = _holey(35, 3, 13)
+    m = x["attention_mask"] if mask else None
+    want = encoder.encode(x["input_ids"], m, x["token_type_ids"])[0]
+    pos = create_position_ids_from_input_ids(x["input_ids"], encoder.config.pad_token_id)
+    padded = pad_to_bucket(x["input_ids"], m, x["token_type_ids"], pos, 4, 16, encoder.config.pad_token_id)
+    got = encoder.encode(padded["input_ids"], padded["attention_mask"], padded["token_type_ids"],
+                         padded["position_ids"])[0]
+    assert got.shape == (4, 16, 30) and torch.equal(got[:3, :13], want)

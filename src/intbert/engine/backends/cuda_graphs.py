@@ -30,6 +30,27 @@ DEFAULT_LENGTHS = (16, 32, 64, 128, 256, 512)
 WARMUP_RUNS = 2
 
 
+def pad_to_bucket(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None,
+                  position_ids: torch.Tensor, batch: int, length: int, pad_token_id: int) -> dict[str, torch.Tensor]:
+    """(B, L) inputs -> (batch, length) inputs that give the same integers on [:B, :L] (any device).
+
+    Extra positions: the pad id, attention_mask 0, token type 0, position pad_token_id (RoBERTa's position of a pad
+    token); extra sequences are fully masked. A missing mask becomes ones on the real (B, L) block.
+    """
+    B, L = input_ids.shape
+    dev = input_ids.device
+    out = {"input_ids": torch.full((batch, length), pad_token_id, dtype=torch.long, device=dev),
+           "attention_mask": torch.zeros((batch, length), dtype=torch.long, device=dev),
+           "token_type_ids": torch.zeros((batch, length), dtype=torch.long, device=dev),
+           "position_ids": torch.full((batch, length), pad_token_id, dtype=torch.long, device=dev)}
+    out["input_ids"][:B, :L] = input_ids
+    out["attention_mask"][:B, :L] = 1 if attention_mask is None else attention_mask
+    if token_type_ids is not None:
+        out["token_type_ids"][:B, :L] = token_type_ids
+    out["position_ids"][:B, :L] = position_ids
+    return out
+
+
 def _bucket(n: int, edges) -> int:
     for edge in edges:
         if n <= edge:
@@ -94,25 +115,16 @@ class GraphedEncoder:
         from ...models.ibert.modeling_ibert import create_position_ids_from_input_ids
 
         B, L = input_ids.shape
-        dev = self.encoder.device
         if position_ids is None:
             position_ids = create_position_ids_from_input_ids(input_ids, self.encoder.config.pad_token_id)
         key = (_bucket(B, self.batches), _bucket(L, self.lengths))
         if key not in self._graphs:
             self._graphs[key] = self._capture(*key)
         graph, static, out = self._graphs[key]
-        pad = self.encoder.config.pad_token_id
-        static["input_ids"].fill_(pad)
-        static["attention_mask"].zero_()
-        static["token_type_ids"].zero_()
-        static["position_ids"].fill_(pad)
-        static["input_ids"][:B, :L].copy_(input_ids, non_blocking=True)
-        static["attention_mask"][:B, :L].copy_(
-            torch.ones((B, L), dtype=torch.long, device=dev) if attention_mask is None else attention_mask,
-            non_blocking=True)
-        if token_type_ids is not None:
-            static["token_type_ids"][:B, :L].copy_(token_type_ids, non_blocking=True)
-        static["position_ids"][:B, :L].copy_(position_ids, non_blocking=True)
+        padded = pad_to_bucket(input_ids, attention_mask, token_type_ids, position_ids, *key,
+                               self.encoder.config.pad_token_id)
+        for name, t in padded.items():
+            static[name].copy_(t)
         graph.replay()
         # The buckets share one memory pool: another bucket's graph may keep its intermediates where this output
         # lies (they were free when it was captured), so its next replay would overwrite it; hand out a copy.
