@@ -428,3 +428,16 @@ def test_the_graph_reads_a_negative_id_from_the_end_so_verify_refuses_it(tmp_pat
     assert np.array_equal(_run(path, negative)[INT8_OUTPUT], _run(path, last)[INT8_OUTPUT])
     with pytest.raises(ValueError, match=rf"{field} must lie in \[0, {size}\).*does not check ids"):
         verify_onnx(frozen, path, [negative])
+
+
+def test_verify_dispatches_on_the_files_exporter_and_refuses_an_unknown_one(tmp_path):
+    """verify_onnx picks the verifier by the file's intbert.exporter (export/verify.py VERIFIERS)."""
+    from intbert.export.verify import VERIFIERS
+
+    assert set(VERIFIERS) == {"ibert", "qdqbert"} and VERIFIERS["ibert"].runtimes == ("onnxruntime",)
+    frozen = _frozen("model_no_pooler")
+    proto = ibert_graph(frozen)
+    helper.set_model_props(proto, {"intbert.exporter": "someone_else"})
+    onnx.save(proto, tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match="exporter verify_onnx does not know .'someone_else'."):
+        verify_onnx(frozen, tmp_path / "m.onnx", [batch(0)])

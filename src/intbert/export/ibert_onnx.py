@@ -44,8 +44,8 @@ from ..errors import OverflowRiskError
 from ..models.ibert.modeling_ibert import IBertPreTrainedModel
 from .errors import ExportError
 
-__all__ = ["IBertExportResult", "HEAD_OUTPUTS", "INT8_OUTPUT", "KERNELS", "OPSET", "export_ibert_onnx",
-           "ibert_graph", "verify_ibert_onnx"]
+__all__ = ["IBertExportResult", "HEAD_OUTPUTS", "INT8_OUTPUT", "KERNELS", "OPSET", "as_frozen", "engine_int8",
+           "export_ibert_onnx", "ibert_graph"]
 
 #: Opset of the graph: 18 has BitShift (11+), Mod (10+), LayerNormalization (17+) and Split's num_outputs (18+).
 OPSET = 18
@@ -94,7 +94,7 @@ class IBertExportResult:
 # ----------------------------------------------------------------------------------------------
 
 
-def _as_frozen(model: nn.Module) -> FrozenIBert:
+def as_frozen(model: nn.Module) -> FrozenIBert:
     """A FrozenIBert as it is; a calibrated quant-mode I-BERT simulation is frozen here (reference backend)."""
     if isinstance(model, FrozenIBert):
         return model
@@ -294,7 +294,7 @@ def ibert_graph(model: nn.Module, kernel: str | None = None):
 
     Use `export_ibert_onnx` to write a file; this is the graph it writes, for inspection.
     """
-    frozen = _as_frozen(model)
+    frozen = as_frozen(model)
     _check_exportable(frozen)
     weight_kernel, attention_kernel = _choose_kernels(frozen.encoder, kernel)
     proto = _GraphWriter(frozen, weight_kernel, attention_kernel).build()
@@ -394,7 +394,7 @@ def export_ibert_onnx(model: nn.Module, path: str | os.PathLike, target: str = "
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder; give a file path such as {path / 'model.onnx'}")
-    frozen = _as_frozen(model)
+    frozen = as_frozen(model)
     proto = ibert_graph(frozen, kernel)
     import onnx
 
@@ -418,59 +418,4 @@ def export_ibert_onnx(model: nn.Module, path: str | os.PathLike, target: str = "
         path=path, model_class=frozen.head_name, opset=OPSET, outputs=tuple(o.name for o in proto.graph.output),
         weight_kernel=metadata["intbert.weight_kernel"], attention_kernel=metadata["intbert.attention_kernel"],
         op_counts=dict(sorted(op_counts.items())), int8_kernels=kernels, int8_kernel_counts=kernel_counts,
-    )  # fmt: skip
-
-
-# ----------------------------------------------------------------------------------------------
-# verify_onnx for I-BERT graphs
-# ----------------------------------------------------------------------------------------------
-
-
-def verify_ibert_onnx(model: nn.Module, session, graph, metadata: dict[str, str], batches):
-    """`verify_onnx` for a graph written by `export_ibert_onnx` (called by it; see there).
-
-    ``model``: the FrozenIBert, or the simulation it was frozen from (frozen here with the reference backend to read
-    its integers: slow for large models, pass the FrozenIBert to use its own backend). Every output
-    is compared with the model's: ``last_hidden_state_int8`` with the engine's int8 states (``int8_hidden_equal``),
-    ``last_hidden_state`` with int8 * scale, and the head's fields with the model's outputs.
-    """
-    from .verify import DiffTally, VerifyReport, _as_inputs
-
-    frozen = _as_frozen(model)
-    exported = metadata.get("intbert.model_class")
-    if exported is not None and exported != frozen.head_name:
-        raise ValueError(f"the graph was exported from a {exported}, not a {frozen.head_name}")
-    input_names = [i.name for i in session.get_inputs()]
-    output_names = [o.name for o in session.get_outputs()]
-    tally = DiffTally(output_names, "the model")
-    int8_equal = True
-    scale = frozen.encoder.boundary_scales()[-1].cpu()
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                inputs = _as_inputs(batch, input_names, frozen.config)
-                q = engine_int8(frozen, inputs)
-                reference = {INT8_OUTPUT: q, "last_hidden_state": q.to(torch.float32) * scale}
-                with frozen.encoder.padded():  # per-token outputs at padded positions too, as the graph's
-                    out = model(**{k: v.to(frozen.device) for k, v in inputs.items()}, return_dict=True)
-                got = session.run(output_names, {k: v.cpu().numpy().astype(np.int64) for k, v in inputs.items()})
-                for name, value in zip(output_names, got):
-                    want = (reference[name] if name in reference else getattr(out, name)).detach().cpu().numpy()
-                    tally.add(name, value, want)
-                    if name == INT8_OUTPUT:
-                        int8_equal = int8_equal and bool(np.array_equal(value, want))
-                tally.batches += 1
-    finally:
-        model.train(was_training)
-    # The int8 output is reported apart (int8_hidden_equal): its unit is one quantization step, not a float value.
-    return VerifyReport(
-        **tally.summary([name for name in output_names if name != INT8_OUTPUT]),
-        int8_kernels=graph.int8_kernels,
-        int8_kernel_counts=graph.int8_kernel_counts(),
-        unfused_dequantized_gemms=graph.unfused_dequantized_gemms,
-        target=metadata.get("intbert.target"),
-        metadata=metadata,
-        int8_hidden_equal=int8_equal,
     )  # fmt: skip

@@ -7,6 +7,10 @@ and the report also counts the int8 kernels in the graph ORT optimized.
 
 ``runtime="openvino"`` runs a QDQ graph in OpenVINO's CPU plugin instead (``pip install openvino``), compiled with
 float32 float parts, and counts the graph's quantized GEMMs that OpenVINO's compiled model runs in int8.
+
+Each family of graphs has its verifier, found by the file's ``intbert.exporter`` metadata in `VERIFIERS` (QDQ graphs
+here, integer I-BERT graphs in ``ibert_verify``); the types they share are in ``report`` and the batch handling in
+``batches``. The verifiers import nothing of this module, so the exporters and their checks import in one direction.
 """
 
 from __future__ import annotations
@@ -14,16 +18,19 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from .batches import as_inputs, check_graph_ids
+from .ibert_verify import verify_ibert_onnx
 from .ort_kernels import FLOAT_GEMMS, inspect_optimized_graph
 from .qdq_form import reduced_weight_range
+from .report import DiffTally, LoadedGraph, VerifyReport
 
-__all__ = ["RUNTIMES", "VerifyReport", "check_graph_ids", "verify_onnx"]
+__all__ = ["RUNTIMES", "VERIFIERS", "Verifier", "VerifyReport", "check_graph_ids", "verify_onnx"]
 
 #: Where verify_onnx can run the graph.
 RUNTIMES = ("onnxruntime", "openvino")
@@ -33,129 +40,7 @@ OPENVINO_INT8 = frozenset({"u8", "i8"})
 LAYOUT_OPS = frozenset({"Cast", "Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze"})
 
 
-@dataclass(frozen=True)
-class VerifyReport:
-    """Agreement between a model and its ONNX export on some batches.
-
-    ``max_abs_diff`` / ``mean_abs_diff``: over every element of every output of every batch. ``per_output``: the same
-    two numbers per output name. ``int8_kernels``: int8 kernels in onnxruntime's optimized graph (by op type in
-    ``int8_kernel_counts``); ``unfused_dequantized_gemms``: quantized MatMul/Gemm nodes ORT left in float32.
-    With ``runtime == "openvino"``: ``int8_kernels`` counts the graph's quantized GEMMs (MatMul/Gemm fed by a
-    DequantizeLinear) that OpenVINO's compiled model runs in an int8 node (``int8_kernel_counts`` by that node's
-    layer type; a fused attention ``Subgraph`` holds two), ``unfused_dequantized_gemms`` the others, and
-    ``metadata["openvino.inference_precision"]`` the precision its float parts were compiled to.
-    ``int8_hidden_equal``: I-BERT graphs only, whether ``last_hidden_state_int8`` equals the engine's int8 states in
-    every batch (that output is then left out of ``max_abs_diff`` / ``mean_abs_diff``, which cover the float outputs).
-    """
-
-    max_abs_diff: float
-    mean_abs_diff: float
-    per_output: dict[str, tuple[float, float]]
-    int8_kernels: int
-    int8_kernel_counts: dict[str, int]
-    unfused_dequantized_gemms: int
-    batches: int
-    target: str | None = None
-    reduce_range: bool = False
-    metadata: dict[str, str] = field(default_factory=dict)
-    int8_hidden_equal: bool | None = None
-    runtime: str = "onnxruntime"
-
-    def __str__(self) -> str:
-        kernels = ", ".join(f"{op} {n}" for op, n in self.int8_kernel_counts.items()) or "none"
-        text = (f"max |diff| {self.max_abs_diff:.3g}, mean |diff| {self.mean_abs_diff:.3g} over {self.batches} batches; "
-                f"int8 kernels in {self.runtime}: {self.int8_kernels} ({kernels})")
-        if self.int8_hidden_equal is not None:
-            text += f"; int8 hidden states bit-identical: {'yes' if self.int8_hidden_equal else 'NO'}"
-        return text
-
-
-class DiffTally:
-    """Per-output max, sum and count of |runtime - model| over the compared batches (both families)."""
-
-    def __init__(self, names: list[str], source: str, runtime: str = "onnxruntime"):
-        self.source = source  # how the error message names the reference ("torch", "the model")
-        self.runtime = runtime
-        self.max = dict.fromkeys(names, 0.0)
-        self.sum = dict.fromkeys(names, 0.0)
-        self.count = dict.fromkeys(names, 0)
-        self.batches = 0
-
-    def add(self, name: str, got: np.ndarray, want: np.ndarray) -> None:
-        if want.shape != got.shape:
-            raise ValueError(f"output {name}: {self.runtime} gave shape {got.shape}, {self.source} {want.shape}")
-        diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
-        self.max[name] = max(self.max[name], float(diff.max(initial=0.0)))
-        self.sum[name] += float(diff.sum())
-        self.count[name] += diff.size
-
-    def summary(self, overall: list[str]) -> dict:
-        """VerifyReport's difference fields; ``overall`` names the outputs in max_abs_diff / mean_abs_diff."""
-        if not self.batches:
-            raise ValueError("batches is empty; give at least one batch to compare on")
-        total = sum(self.count[name] for name in overall)
-        return {
-            "max_abs_diff": max((self.max[name] for name in overall), default=0.0),
-            "mean_abs_diff": sum(self.sum[name] for name in overall) / max(total, 1),
-            "per_output": {name: (self.max[name], self.sum[name] / max(self.count[name], 1)) for name in self.max},
-            "batches": self.batches,
-        }
-
-
-#: Id inputs and the config field that bounds each. The exported graphs do not check ids (see check_graph_ids).
-ID_BOUNDS = (("input_ids", "vocab_size"), ("token_type_ids", "type_vocab_size"))
-
-
-def check_graph_ids(inputs: dict[str, torch.Tensor], config) -> None:
-    """Refuse ids outside [0, size) before they reach an exported graph, which does not check them.
-
-    Both exporters look ids up with ONNX ``Gather``, which reads a negative index as counting from the end of
-    the table: ``token_type_ids = -1`` gives the last type's embedding and ``input_ids = -1`` the last word, a
-    silent wrong answer, where the PyTorch models raise. onnxruntime fails on an id at or past the table's end
-    (an ``INVALID_ARGUMENT`` error from the Gather node). Call this on inputs before ``session.run``.
-    """
-    for name, field in ID_BOUNDS:
-        t, size = inputs.get(name), getattr(config, field, None)
-        if t is None or size is None or not t.numel():
-            continue
-        lo, hi = int(t.min()), int(t.max())
-        if lo < 0 or hi >= size:
-            raise ValueError(f"{name} must lie in [0, {size}) (config.{field}), got values {lo}..{hi}; the ONNX "
-                             "graph does not check ids (a negative id reads the table from its end)")
-
-
-def _as_inputs(batch, names: list[str], config=None) -> dict[str, torch.Tensor]:
-    """A batch (dict of model inputs, or a tensor of input ids) as the graph's inputs, with the model's defaults;
-    with ``config``, ids are checked first (:func:`check_graph_ids`)."""
-    if isinstance(batch, torch.Tensor):
-        batch = {"input_ids": batch}
-    if not isinstance(batch, dict) or "input_ids" not in batch:
-        raise TypeError("each batch must be a dict with 'input_ids' (e.g. a tokenizer's output) or a tensor of ids")
-    ids = batch["input_ids"]
-    defaults = {"attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
-    missing = [name for name in names if name not in batch and name not in defaults]
-    if missing:
-        raise ValueError(f"the graph needs inputs {missing}, which the batch lacks")
-    inputs = {name: batch[name] if name in batch else defaults[name] for name in names}
-    if config is not None:
-        check_graph_ids(inputs, config)
-    return inputs
-
-
-@dataclass(frozen=True)
-class _LoadedGraph:
-    """A QDQ graph ready to run in one runtime: its names, a run function and the int8 GEMMs the runtime chose."""
-
-    input_names: list[str]
-    output_names: list[str]
-    run: Callable[[dict[str, np.ndarray]], list[np.ndarray]]
-    metadata: dict[str, str]
-    int8_kernels: int
-    int8_kernel_counts: dict[str, int]
-    unfused_dequantized_gemms: int
-
-
-def _openvino_graph(onnx_path, threads: int | None, config: Mapping | None) -> _LoadedGraph:
+def _openvino_graph(onnx_path, proto, threads: int | None, config: Mapping | None) -> LoadedGraph:
     """The graph compiled by OpenVINO's CPU plugin, float parts in float32 unless ``config`` says otherwise.
 
     OpenVINO's CPU default on CPUs with bfloat16 support (AMX-BF16, AVX512-BF16) computes the float parts (LayerNorm,
@@ -168,16 +53,7 @@ def _openvino_graph(onnx_path, threads: int | None, config: Mapping | None) -> _
     except ImportError as error:
         raise ImportError("verify_onnx(runtime='openvino') needs OpenVINO: pip install openvino "
                           "(or pip install 'intbert[bench]')") from error
-    import onnx
-
-    proto = onnx.load(str(onnx_path), load_external_data=False)
     metadata = {p.key: p.value for p in proto.metadata_props}
-    if metadata.get("intbert.exporter") == "ibert":
-        # Measured with openvino 2026.4.1 on a 2-layer test model: the graph loads and runs, but its int8 hidden
-        # states differ from onnxruntime's (= the engine's) by up to 252. OpenVINO's CPU plugin runs int64 tensors as
-        # int32, and the graph's integer chains need 64 bits (47-bit requantization inputs, uint64 shifts).
-        raise ValueError(f"{onnx_path} is an integer I-BERT graph, which OpenVINO's CPU plugin does not compute "
-                         "exactly (it runs int64 tensors as int32); verify and deploy it with runtime='onnxruntime'")
     properties = {"INFERENCE_PRECISION_HINT": "f32"}
     if threads is not None:
         properties["INFERENCE_NUM_THREADS"] = threads
@@ -195,7 +71,8 @@ def _openvino_graph(onnx_path, threads: int | None, config: Mapping | None) -> _
 
     counts, unfused = _openvino_int8_gemms(proto, compiled.get_runtime_model())
     metadata["openvino.inference_precision"] = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-    return _LoadedGraph(input_names, output_names, run, metadata, sum(counts.values()), counts, unfused)
+    return LoadedGraph(input_names, output_names, run, metadata, sum(counts.values()), counts, unfused, "openvino",
+                       str(onnx_path))
 
 
 def _openvino_int8_gemms(proto, runtime_model) -> tuple[dict[str, int], int]:
@@ -247,65 +124,40 @@ def _openvino_int8_gemms(proto, runtime_model) -> tuple[dict[str, int], int]:
     return dict(sorted(counts.items())), quantized - sum(counts.values())
 
 
-def verify_onnx(
-    model: nn.Module,
-    onnx_path: str | os.PathLike,
-    batches: Iterable,
-    *,
-    threads: int | None = None,
-    runtime: str = "onnxruntime",
-    openvino_config: Mapping | None = None,
-) -> VerifyReport:
-    """Compare ``model`` (eval, no grad) with the ONNX file run in ``runtime`` (CPU) on ``batches``.
+def _onnxruntime_graph(onnx_path, proto, threads: int | None, config: Mapping | None) -> LoadedGraph:
+    """The graph in an onnxruntime CPU session at full optimization (what a deployment runs), with the int8 kernels
+    of the graph ORT optimized."""
+    session, optimized = inspect_optimized_graph(onnx_path, threads=threads)
+    names = [o.name for o in session.get_outputs()]
+    return LoadedGraph([i.name for i in session.get_inputs()], names, lambda feed: session.run(names, feed),
+                       {p.key: p.value for p in proto.metadata_props}, optimized.int8_kernels,
+                       optimized.int8_kernel_counts(), optimized.unfused_dequantized_gemms, "onnxruntime",
+                       str(onnx_path))
 
-    ``batches``: dicts of model inputs (``input_ids`` and optionally ``attention_mask``, ``token_type_ids``) or
-    tensors of input ids. Outputs are matched by name (the graph's outputs are ``ModelOutput`` fields).
 
-    ``runtime``: "onnxruntime" (both graph families), or "openvino" for a QDQBERT graph (``pip install openvino``),
-    compiled for OpenVINO's CPU plugin with float32 float parts (``INFERENCE_PRECISION_HINT: "f32"``; OpenVINO's
-    default on CPUs with bfloat16 support is bfloat16). ``openvino_config``: more ``compile_model`` properties,
-    which override those. ``threads``: the runtime's intra-op threads (its default when None).
+#: runtime -> loader(onnx_path, parsed proto, threads, runtime config) -> LoadedGraph.
+LOADERS = {"onnxruntime": _onnxruntime_graph, "openvino": _openvino_graph}
 
-    The graphs do not check ids (ONNX ``Gather`` reads a negative id from the end of the table, and onnxruntime
-    fails on ids past its end), so every batch's ``input_ids`` and ``token_type_ids`` are checked here against
-    the model's config first; check ids the same way (:func:`check_graph_ids`) wherever the graph is deployed.
 
-    Raises:
-        ValueError: the file was exported from another model class, no batch was given, a batch holds ids
-            outside [0, vocab_size) / [0, type_vocab_size), ``runtime`` is unknown, or an integer I-BERT graph is
-            given to OpenVINO (which does not compute its int64 arithmetic exactly).
-        ImportError: ``runtime="openvino"`` without OpenVINO installed (the message gives the pip command).
+def verify_qdq_onnx(model: nn.Module, graph: LoadedGraph, batches: Iterable) -> VerifyReport:
+    """Compare a QDQBERT graph (or any graph of a model's ``ModelOutput`` fields) with ``model``, output by output.
+
+    For a ``reduce_range`` export (``intbert.reduce_range`` metadata) the model's 8-bit weights are given the 7 bits
+    the graph holds while it runs (``qdq_form.reduced_weight_range``), so the report measures the export.
     """
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
-    if openvino_config is not None and runtime != "openvino":
-        raise ValueError("openvino_config is only for runtime='openvino'")
-    if runtime == "openvino":
-        graph = _openvino_graph(onnx_path, threads, openvino_config)
-    else:
-        session, optimized = inspect_optimized_graph(onnx_path, threads=threads)
-        metadata = dict(session.get_modelmeta().custom_metadata_map)
-        if metadata.get("intbert.exporter") == "ibert":  # integer I-BERT graph: compared with the engine's integers
-            from .ibert_onnx import verify_ibert_onnx
-
-            return verify_ibert_onnx(model, session, optimized, metadata, batches)
-        names = [o.name for o in session.get_outputs()]
-        graph = _LoadedGraph([i.name for i in session.get_inputs()], names,
-                             lambda feed: session.run(names, feed), metadata, optimized.int8_kernels,
-                             optimized.int8_kernel_counts(), optimized.unfused_dequantized_gemms)
     metadata = graph.metadata
     exported_class = metadata.get("intbert.model_class")
     if exported_class is not None and exported_class != type(model).__name__:
-        raise ValueError(f"{onnx_path} was exported from a {exported_class}, not a {type(model).__name__}")
+        raise ValueError(f"{graph.path} was exported from a {exported_class}, not a {type(model).__name__}")
     reduce_range = metadata.get("intbert.reduce_range") == "true"
 
-    tally = DiffTally(graph.output_names, "torch", runtime)
+    tally = DiffTally(graph.output_names, "torch", graph.runtime)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), reduced_weight_range(model, enabled=reduce_range):
             for batch in batches:
-                inputs = _as_inputs(batch, graph.input_names, model.config)
+                inputs = as_inputs(batch, graph.input_names, model.config)
                 device = next(model.parameters()).device
                 expected = model(**{k: v.to(device) for k, v in inputs.items()}, return_dict=True)
                 got = graph.run({k: v.cpu().numpy().astype(np.int64) for k, v in inputs.items()})
@@ -322,5 +174,80 @@ def verify_onnx(
         target=metadata.get("intbert.target"),
         reduce_range=reduce_range,
         metadata=metadata,
-        runtime=runtime,
+        runtime=graph.runtime,
     )
+
+
+@dataclass(frozen=True)
+class Verifier:
+    """How ``verify_onnx`` checks one family of graphs: ``verify(model, graph, batches)``, in ``runtimes`` only
+    (``refusal``: why another runtime is refused, with ``{path}``)."""
+
+    verify: Callable[[nn.Module, LoadedGraph, Iterable], VerifyReport]
+    runtimes: tuple[str, ...] = RUNTIMES
+    refusal: str = ""
+
+
+#: Graph family (the file's ``intbert.exporter`` metadata) -> its verifier: the one place to add a family. A file
+#: without that metadata is compared output by output, as a QDQ graph.
+VERIFIERS: dict[str, Verifier] = {
+    "qdqbert": Verifier(verify_qdq_onnx),
+    # Measured with openvino 2026.4.1 on a 2-layer test model: the integer I-BERT graph loads and runs in OpenVINO,
+    # but its int8 hidden states differ from onnxruntime's (= the engine's) by up to 252. OpenVINO's CPU plugin runs
+    # int64 tensors as int32, and the graph's integer chains need 64 bits (47-bit requantization inputs, uint64
+    # shifts).
+    "ibert": Verifier(verify_ibert_onnx, ("onnxruntime",),
+                      "{path} is an integer I-BERT graph, which OpenVINO's CPU plugin does not compute exactly (it "
+                      "runs int64 tensors as int32); verify and deploy it with runtime='onnxruntime'"),
+}
+DEFAULT_FAMILY = "qdqbert"
+
+
+def verify_onnx(
+    model: nn.Module,
+    onnx_path: str | os.PathLike,
+    batches: Iterable,
+    *,
+    threads: int | None = None,
+    runtime: str = "onnxruntime",
+    openvino_config: Mapping | None = None,
+) -> VerifyReport:
+    """Compare ``model`` (eval, no grad) with the ONNX file run in ``runtime`` (CPU) on ``batches``.
+
+    ``batches``: dicts of model inputs (``input_ids`` and optionally ``attention_mask``, ``token_type_ids``) or
+    tensors of input ids. Outputs are matched by name (the graph's outputs are ``ModelOutput`` fields). The file's
+    ``intbert.exporter`` metadata picks the verifier (`VERIFIERS`): an integer I-BERT graph is compared with the
+    engine's integers (``int8_hidden_equal``), any other output by output with the model's.
+
+    ``runtime``: "onnxruntime" (both graph families), or "openvino" for a QDQBERT graph (``pip install openvino``),
+    compiled for OpenVINO's CPU plugin with float32 float parts (``INFERENCE_PRECISION_HINT: "f32"``; OpenVINO's
+    default on CPUs with bfloat16 support is bfloat16). ``openvino_config``: more ``compile_model`` properties,
+    which override those. ``threads``: the runtime's intra-op threads (its default when None).
+
+    The graphs do not check ids (ONNX ``Gather`` reads a negative id from the end of the table, and onnxruntime
+    fails on ids past its end), so every batch's ``input_ids`` and ``token_type_ids`` are checked here against
+    the model's config first; check ids the same way (:func:`check_graph_ids`) wherever the graph is deployed.
+
+    Raises:
+        ValueError: the file was exported from another model class or by an unknown exporter, no batch was given, a
+            batch holds ids outside [0, vocab_size) / [0, type_vocab_size), ``runtime`` is unknown, or an integer
+            I-BERT graph is given to OpenVINO (which does not compute its int64 arithmetic exactly).
+        ImportError: ``runtime="openvino"`` without OpenVINO installed (the message gives the pip command).
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if openvino_config is not None and runtime != "openvino":
+        raise ValueError("openvino_config is only for runtime='openvino'")
+    import onnx
+
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    family = next((p.value for p in proto.metadata_props if p.key == "intbert.exporter"), DEFAULT_FAMILY)
+    verifier = VERIFIERS.get(family)
+    if verifier is None:
+        raise ValueError(f"{onnx_path} was written by an exporter verify_onnx does not know ({family!r}); known: "
+                         f"{sorted(VERIFIERS)}")
+    if runtime not in verifier.runtimes:
+        raise ValueError(verifier.refusal.format(path=onnx_path) or
+                         f"{family} graphs are verified with runtime in {verifier.runtimes}, not {runtime!r}")
+    graph = LOADERS[runtime](onnx_path, proto, threads, openvino_config)
+    return verifier.verify(model, graph, batches)
