@@ -9,6 +9,7 @@ exact product of integer operands, int32 result. The engine's GEMMs are its twin
   without a GPU);
 * the ``cpu`` backend's onnxruntime GEMMs (``ort_gemm.OrtLinear`` / ``OrtBatchedMatMul``) with each kernel this
   CPU runs exactly (u8s8 for 8-bit operands only where the saturation probe says so);
+* the native C++ GEMM (``NativeBackend.linear``) at every ISA level this CPU runs;
 * the exported graph's ``MatMulInteger`` (``OnnxGraphBackend.linear`` / ``matmul``, run in onnxruntime through
   tests/test_engine_onnx_backend.py's adapter).
 
@@ -96,6 +97,28 @@ def _onnx_linear(kernel):
     return run
 
 
+def _native_linear(isa: str):
+    def run(x, w, bits):
+        from intbert.engine.backends import native, resolve_backend
+
+        with native.use_isa(isa):
+            be = resolve_backend("native", torch.device("cpu"))
+            return be.linear(x, IntLinear(w, torch.zeros(w.shape[0], dtype=torch.int32), bits))
+
+    return run
+
+
+def _native_missing(isa: str):
+    def missing(bits: int) -> str | None:
+        from intbert.engine.backends import native
+
+        if not native.native_available():
+            return native.unavailable_reason()
+        return None if isa in native.available_isas() else f"this CPU does not run the {isa} kernels"
+
+    return missing
+
+
 def _u8s8_missing(bits: int) -> str | None:
     missing = _ort_missing()
     if missing or bits <= 7:
@@ -113,6 +136,8 @@ LINEAR_GEMMS = {
     "OrtLinear u8s8": (_ort_linear("u8s8"), _u8s8_missing),
     "ONNX MatMulInteger u8u8": (_onnx_linear("u8u8"), lambda bits: _ort_missing()),
     "ONNX MatMulInteger u8s8": (_onnx_linear("u8s8"), _u8s8_missing),
+    **{f"NativeBackend.linear@{isa}": (_native_linear(isa), _native_missing(isa))
+       for isa in ("scalar", "avx2", "avx512", "amx")},
 }
 
 
