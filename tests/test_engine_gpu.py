@@ -29,6 +29,13 @@ KERNELS = [pytest.param("triton", marks=pytest.mark.skipif(not triton_available(
 REF = ReferenceBackend()
 
 
+@pytest.fixture(autouse=True)
+def _fixed_tiles(monkeypatch):
+    """One fixed tile per Triton GEMM (read at each launch): autotuning every test shape would compile for minutes
+    (benchmarks/gpu_engine.py autotunes)."""
+    monkeypatch.setenv("INTBERT_TRITON_AUTOTUNE", "0")
+
+
 def _cuda(*modules):
     return [m.cuda() for m in modules]
 

@@ -21,6 +21,8 @@ tests/test_triton_kernels.py runs them under ``TRITON_INTERPRET=1`` against it w
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -144,24 +146,34 @@ def _linear_residual_layernorm_kernel(
                               e_ptr, M_STRIDE, BITS, INPUT_BITS, BLOCK_N)
 
 
+_PLAIN = {"requant": _linear_requant_kernel, "gelu": _linear_gelu_requant_kernel,
+          "layernorm": _linear_residual_layernorm_kernel}
 if INTERPRET:
-    _KERNELS = {"requant": _linear_requant_kernel, "gelu": _linear_gelu_requant_kernel,
-                "layernorm": _linear_residual_layernorm_kernel}
+    _TUNED = _PLAIN
 else:  # pragma: no cover - needs a GPU
-    _KERNELS = {
+    _TUNED = {
         "requant": triton.autotune(_configs(False), key=["M", "N", "K"])(_linear_requant_kernel),
         "gelu": triton.autotune(_configs(False), key=["M", "N", "K"])(_linear_gelu_requant_kernel),
         "layernorm": triton.autotune(_configs(True), key=["M", "N", "K"])(_linear_residual_layernorm_kernel),
     }
+#: ``INTBERT_TRITON_AUTOTUNE=0``: one fixed tile per kernel (no timing, one compile per shape class), for tests on a
+#: GPU, where a dozen shapes times every candidate tile would spend minutes compiling. Read at each launch.
+AUTOTUNE_ENV = "INTBERT_TRITON_AUTOTUNE"
+#: The fixed tiles: spill-free at sm_90 (see _configs): (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
+FIXED_TILE = {"requant": (64, 128, 128, 8, 3), "gelu": (64, 128, 128, 8, 3), "layernorm": (16, 64, 128, 4, 3)}
 
 
 def _launch(kind: str, grid, *args, **constexprs) -> None:
-    """Launch with the interpreter's fixed tile, or let the autotuner choose (GPU)."""
+    """Launch with the interpreter's tile, a fixed tile (``INTBERT_TRITON_AUTOTUNE=0``) or the autotuner's (GPU)."""
     if INTERPRET:
         tile = INTERPRET_TILE
-        _KERNELS[kind][grid(tile)](*args, **constexprs, **tile)
+        _PLAIN[kind][grid(tile)](*args, **constexprs, **tile)
+    elif os.environ.get(AUTOTUNE_ENV, "1") == "0":  # pragma: no cover - needs a GPU
+        m, n, k, warps, stages = FIXED_TILE[kind]
+        tile = {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}
+        _PLAIN[kind][grid(tile)](*args, **constexprs, **tile, num_warps=warps, num_stages=stages)
     else:  # pragma: no cover - needs a GPU
-        _KERNELS[kind][grid](*args, **constexprs)
+        _TUNED[kind][grid](*args, **constexprs)
 
 
 def _stride(t: torch.Tensor) -> int:
