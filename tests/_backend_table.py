@@ -164,16 +164,18 @@ class Case:
 
 
 CASES = (
-    # a single token, head size 1 (every per-head loop at its smallest), 8-bit weights
-    Case("len1_d1", (1,), heads=2, head_size=1, intermediate=3),
+    # a single token, head size 1 (every per-head loop at its smallest; 16 heads: with hidden size 2 the
+    # calibrated i-GELU input scale falls below its 2^-20 floor), 8-bit weights
+    Case("len1_d1", (1,), heads=16, head_size=1, intermediate=3),
     # head size 15 (no vector width), lengths 7 and 3, 7-bit weights
     Case("len7_d15_w7", (7, 3), heads=3, head_size=15, intermediate=37, weight_bit=7),
     # length 17 with holes, a one-token sequence and an all-padding sequence in the batch
     Case("len17_holes", (17, 1, 0, 9), heads=2, head_size=8, intermediate=40, holes=True),
     # length 33, head size 64 (a full vector row), every input a row-strided view
     Case("len33_d64_strided", (33, 20), heads=1, head_size=64, intermediate=70, layout="strided"),
-    # length 65, every input column-major (last dimension not unit-stride), 7-bit weights
-    Case("len65_transposed_w7", (65, 64, 2), heads=4, head_size=4, intermediate=24, weight_bit=7,
+    # length 65, head size 32 (an AVX2 row of int8), every input column-major (last dimension not unit-stride),
+    # 7-bit weights
+    Case("len65_d32_transposed_w7", (65, 64, 2), heads=2, head_size=32, intermediate=24, weight_bit=7,
          layout="transposed", holes=True),
     # length 130 (past 2 x 64), head size 12, strided views with holes
     Case("len130_strided_holes", (130, 77), heads=2, head_size=12, intermediate=50, layout="strided", holes=True),
