@@ -24,13 +24,13 @@ import torch
 
 import intbert
 from intbert.engine import freeze
-from intbert.engine.backends import REGISTRY, ReferenceBackend, default_backend_name, resolve_backend
+from intbert.engine.backends import ReferenceBackend, default_backend_name, resolve_backend
 from intbert.engine.model import IntEmbeddings
 from intbert.engine.modules import GELUConstants, ResidualRequant, SoftmaxConstants
 from intbert.engine.tokens import TokenLayout
 from intbert.quantization import fused, intops
 
-from _backend_table import BACKENDS, CASES, Case, Entry, lay_out, open_backend, registry_name, unlisted_backends
+from _backend_table import BACKENDS, CASES, Case, Entry, lay_out, open_backend, unlisted_backends
 from _engine_parts import int8, layernorm, linear, requant
 from _sizes import randint
 from test_ibert_modeling import batch, build, calibrated, tiny_config
@@ -42,8 +42,8 @@ SOFTMAX_SCALES = (3e-4, 1e-7)
 
 
 def test_every_registered_backend_is_in_the_table():
+    """(The table may hold more: an adapter that runs a backend another way, e.g. the ONNX graph in onnxruntime.)"""
     assert not unlisted_backends(), f"add {sorted(unlisted_backends())} to tests/_backend_table.py:BACKENDS"
-    assert all(registry_name(n) in REGISTRY for n in BACKENDS)
 
 
 def _pairs():
