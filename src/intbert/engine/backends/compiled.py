@@ -14,6 +14,8 @@ class CompiledElementwise:
     """Mixin: a backend with ``gemm(x, lin)`` gets compiled requantize / softmax / GELU / LayerNorm chains."""
 
     def requantize(self, q, rq):
+        # requant_i8 stores int8; a wider output (22 or 32 bits) takes the reference, which also keeps any clamp past
+        # 31 bits out of compiled code (wrong under torch 2.13: quantization/fused.py says why).
         if rq.bits <= 8:
             return fused_ops.requant_i8(q, rq.m, rq.e, rq.bits, rq.input_bits)
         return ReferenceBackend.requantize(self, q, rq)
