@@ -101,6 +101,9 @@ BACKENDS: dict[str, Entry] = {
     **{f"native@{isa}": Entry(_native_at(isa), missing=_native_missing(isa)) for isa in NATIVE_ISAS},
     "cpu": Entry(_registered("cpu"), missing=_needs_onnxruntime, compiled=True),
     "cuda": Entry(_registered("cuda", "cuda"), device="cuda", missing=_needs_cuda, compiled=True),
+    # the exporter's ONNX graph backend, each op run in onnxruntime (an adapter, not a REGISTRY name)
+    "onnx": Entry(lambda: importlib.import_module("test_engine_onnx_backend").OnnxRuntimeBackend(),
+                  missing=_needs_onnxruntime),
 }
 
 

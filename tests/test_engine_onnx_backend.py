@@ -4,15 +4,13 @@
 ``OnnxGraphBackend`` nodes for that one call (inputs declared with dynamic axes, constants baked in as the exporter
 bakes them), runs it in onnxruntime at full optimization and returns the result in the reference backend's dtype
 (refusing a value that dtype cannot hold, so a wrapped cast cannot hide an error). It is an entry of the table in
-tests/_backend_table.py (one line: ``"onnx": Entry(lambda: importlib.import_module("test_engine_onnx_backend")
-.OnnxRuntimeBackend(), missing=_needs_onnxruntime)``), so the one backend-equality test (tests/test_engine_backends.py)
-compares every method and composite, and a whole ``encode``, with ``ReferenceBackend`` on the table's awkward cases.
+tests/_backend_table.py (``"onnx"``), so the one backend-equality test (tests/test_engine_backends.py) compares
+every method and composite, and a whole ``encode``, with ``ReferenceBackend`` on the table's awkward cases.
 
-Until that entry is in the table, ``test_every_method_equals_the_reference_on_the_tables_cases`` below runs the
-same comparison over the table's cases. This file adds what that test does not cover: the encoder written as ONE
-graph (what ``export_ibert_onnx`` writes) on every case of the table, padded positions included; the u8s8 kernels where this CPU runs them exactly; and the
-ONNX ``MatMulInteger`` GEMMs against their definition, ``intops.int_matmul``, on awkward shapes with 7- and 8-bit
-operands.
+This file adds what that test does not cover: the encoder written as ONE
+graph (what ``export_ibert_onnx`` writes) on every case of the table, padded positions included; the u8s8 kernels
+where this CPU runs them exactly; and the ONNX ``MatMulInteger`` GEMMs against their definition,
+``intops.int_matmul``, on awkward shapes with 7- and 8-bit operands.
 """
 
 from __future__ import annotations
@@ -179,87 +177,6 @@ class OnnxRuntimeBackend(Backend):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Every method against the reference on the table's cases (until the adapter is an entry of _backend_table.BACKENDS,
-# whose one equality test then covers it: this test is then a duplicate to drop)
-
-
-def _table_cases():
-    from _backend_table import CASES
-
-    return CASES
-
-
-@pytest.mark.parametrize("case", _table_cases(), ids=lambda c: c.name)
-def test_every_method_equals_the_reference_on_the_tables_cases(case):
-    from _backend_table import lay_out
-    from _engine_parts import int8, layernorm, linear, requant
-
-    from intbert.engine.backends import ReferenceBackend
-    from intbert.engine.model import IntEmbeddings
-    from intbert.engine.modules import GELUConstants, ResidualRequant, SoftmaxConstants
-
-    ref, be = ReferenceBackend(), OnnxRuntimeBackend()
-    B, L, H, I, nh, d, wb = (case.batch, case.length, case.hidden, case.intermediate, case.heads, case.head_size,
-                             case.weight_bit)
-
-    def put(t):  # the adapter's input in the case's memory layout (the reference gets it contiguous)
-        return lay_out(t, case.layout)
-
-    def same(what, want, got):
-        assert want.dtype == got.dtype and torch.equal(want, got), f"{case.name}: {what}"
-
-    keep = case.keep()[:, None, None, :]
-    x, xi = int8(1, B, L, H), int8(2, B, L, I)
-    lin_h, lin_up, lin_down = linear(3, H, H, wb), linear(5, I, H, wb), linear(7, H, I, wb)
-    rq_h, rq_1 = requant(9, H, 8, 31), requant(11, 1, 8, 31)
-    same("linear", ref.linear(xi, lin_down), be.linear(put(xi), lin_down))
-    q, k, v = (int8(s, B, nh, L, d) for s in (13, 14, 15))
-    probs = randint(16, 0, 256, (B, nh, L, L)).to(torch.uint8)
-    same("matmul q k^T", ref.matmul(q, k.transpose(-1, -2)), be.matmul(put(q), put(k).transpose(-1, -2)))
-    same("matmul p v", ref.matmul(probs, v), be.matmul(put(probs), put(v)))
-    wide = randint(17, -(2**31) + 1, 2**31, (B, L, H))
-    same("requantize", ref.requantize(wide, rq_h), be.requantize(put(wide), rq_h))
-    add = ResidualRequant(requant(33, H, 22, 31, (25, 35)), requant(35, 1, 22, 8, (20, 25)))
-    acc = ref.linear(x, lin_h)
-    same("residual", ref.residual(acc, x, add), be.residual(put(acc), put(x), add))
-    sm = SoftmaxConstants(8, **intops.softmax_constants(torch.tensor([3e-4])))
-    scores = ref.matmul(q, k.transpose(-1, -2))
-    same("softmax", ref.softmax(scores, keep, sm), be.softmax(put(scores), keep, sm))
-    same("attention", torch.cat([t.flatten().long() for t in ref.attention(q, k, v, keep, sm)]),
-         torch.cat([t.flatten().long() for t in be.attention(put(q), put(k), put(v), keep, sm)]))
-    g = GELUConstants(*intops.gelu_constants(torch.rand(I, generator=torch.Generator().manual_seed(41)) * 1e-3
-                                             + 2**-20)[:3])
-    acc_up = ref.linear(x, lin_up)
-    same("gelu", ref.gelu(acc_up, g), be.gelu(put(acc_up), g))
-    h22 = randint(43, -(2**21), 2**21, (B, L, H)).to(torch.int32)
-    ln = layernorm(45, H)
-    same("layernorm", ref.layernorm(h22, ln), be.layernorm(put(h22), ln))
-    pairs = [(lin_h, rq_h), (linear(47, H, H, wb), rq_1)]
-    for i, (want, got) in enumerate(zip(ref.linear_requant_many(x, pairs), be.linear_requant_many(put(x), pairs))):
-        same(f"linear_requant_many [{i}]", want, got)
-    rq_g, rq_out = requant(55, I, 8, intops.GELU_OUTPUT_BITS, (40, 63)), requant(53, 1, 8, 8, (28, 32))
-    same("linear_gelu_requant", ref.linear_gelu_requant(x, lin_up, g, rq_g, rq_out),
-         be.linear_gelu_requant(put(x), lin_up, g, rq_g, rq_out))
-    rq_ln = requant(59, H, 8, 32, (30, 40))
-    same("linear_residual_layernorm", ref.linear_residual_layernorm(xi, lin_down, x, add, ln, rq_ln),
-         be.linear_residual_layernorm(put(xi), lin_down, put(x), add, ln, rq_ln))
-    ids, tids, pids = randint(61, 0, 50, (B, L)), randint(62, 0, 2, (B, L)), randint(63, 0, L + 2, (B, L))
-
-    def add16(seed, in_a, in_b):
-        return ResidualRequant(requant(seed, H, 16, in_a, (28, 32)), requant(seed + 1, 1, 16, in_b, (28, 32)))
-
-    emb = IntEmbeddings(int8(30, 50, H), int8(31, 2, H), int8(32, L + 2, H), add_token_type=add16(33, 8, 8),
-                        add_position=add16(35, 16, 8), ln=ln, out=requant(38, H, 8, 32, (30, 40)))
-    same("embed", ref.embed(emb, ids, tids, pids), be.embed(emb, put(ids), put(tids), put(pids)))
-    tokens = TokenLayout.padded(ids, case.keep())
-    qa, ka, va = (int8(s, B, L, H) for s in (64, 65, 66))
-    rq_ctx = requant(67, H, 8, 31, (20, 28))
-    same("attention_requant", ref.attention_requant(qa, ka, va, tokens, nh, sm, rq_ctx),
-         be.attention_requant(put(qa), put(ka), put(va), tokens, nh, sm, rq_ctx))
-    same("position_ids", ref.position_ids(ids, 1), be.position_ids(put(ids), 1))
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # The encoder as one graph (the exporter's path) on the table's awkward cases
 
 
@@ -291,6 +208,12 @@ def _inputs(case, seed: int) -> dict[str, torch.Tensor]:
     x = batch(seed, b=case.batch, seq=case.length, pad_last=0)
     mask = case.keep(seed).long()  # the case's real tokens, holes included
     return {"input_ids": x["input_ids"], "attention_mask": mask, "token_type_ids": x["token_type_ids"]}
+
+
+def _table_cases():
+    from _backend_table import CASES
+
+    return CASES
 
 
 @pytest.mark.parametrize("case", _table_cases(), ids=lambda c: c.name)
