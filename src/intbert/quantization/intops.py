@@ -275,6 +275,12 @@ def int_matmul(a: torch.Tensor, b: torch.Tensor, a_bound: int = 128, b_bound: in
     K * a_bound * b_bound < 2^31 keeps that exact: K < 131072 for int8 x int8). Operands may be given
     as float32 already (a cached weight). On CUDA float64 is used instead (exact to 2^53; TF32 would
     make float32 inexact).
+
+    This is the definition of the integer GEMM. Every other GEMM in the package is its twin, compared with it
+    directly in tests/test_int_gemm_twins.py: the reference backend's int32 ``matmul`` and CUDA ``torch._int_mm``
+    (``engine/backends/reference.int8_matmul``), onnxruntime's ``MatMulInteger`` in the cpu backend
+    (``engine/backends/ort_gemm``) and in the exported graph (``engine/backends/onnx_graph``), and the native C++
+    GEMM at every ISA level.
     """
     K = a.shape[-1]
     if K * a_bound * b_bound >= 2**31:
