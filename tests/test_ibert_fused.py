@@ -54,7 +54,7 @@ def test_rescale_and_clamp_equal_requantize(input_bits, lo, hi, channels, num_bi
         q = q.int()  # attached integers are int32 where they fit
     m, e = I.dyadic(torch.rand(channels, dtype=torch.float64, generator=gen(3)) * 2.0 ** -(input_bits - 20))
     with compiled_path():
-        got = fused.rescale(q, m, e, input_bits).clamp_(*I.qrange(num_bits))
+        got = fused.rescale(q, m, e, input_bits).clamp_(*I.quant_bounds(num_bits))
     assert torch.equal(got, I.requantize(q.long(), m, e, num_bits, input_bits))
 
 

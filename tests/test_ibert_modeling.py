@@ -358,11 +358,11 @@ QUANT_TYPES = (QuantAct, QuantLinear, IntGELU, IntSoftmax, IntLayerNorm, QuantEm
 def int_bound(module) -> tuple[int, int]:
     """The documented integer range of each module's output."""
     if isinstance(module, QuantAct):
-        return intops.qrange(module.activation_bit)
+        return intops.quant_bounds(module.activation_bit)
     if isinstance(module, IntSoftmax):
         return 0, 2**module.output_bit - 1
     if isinstance(module, QuantEmbedding):
-        return intops.qrange(module.weight_bit, narrow=True)
+        return intops.quant_bounds(module.weight_bit, narrow_range=True)
     if isinstance(module, IntGELU):
         return -(2**intops.GELU_OUTPUT_BITS), 2**intops.GELU_OUTPUT_BITS
     return intops.INT32_MIN, intops.INT32_MAX  # QuantLinear accumulators, IntLayerNorm outputs

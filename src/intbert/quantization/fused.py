@@ -92,7 +92,7 @@ def twin(fn):
         bound = signature.bind(q, *args, **kwargs)
         bound.apply_defaults()
         # Python numbers (bit widths) are fixed in a closure, one compiled variant per distinct tuple of them. Under
-        # dynamic=True Dynamo still traces them as symbolic integers, and inductor's C++ computes qrange's
+        # dynamic=True Dynamo still traces them as symbolic integers, and inductor's C++ computes quant_bounds'
         # 2^(bits-1) as ``1 << (bits - 1)`` on a 32-bit int: for bits >= 32 it wraps, and a compiled
         # requantize(num_bits=32) returned -2^31-1 for every element (torch 2.13, measured). So no twin clamps to
         # more than 31 bits: the simulation compiles ``rescale`` alone and its callers clamp eagerly

@@ -106,15 +106,6 @@ def quant_bounds(num_bits: int, unsigned: bool = False, narrow_range: bool = Fal
     return (-qmax if narrow_range else -qmax - 1), qmax
 
 
-def qrange(num_bits: int, narrow: bool = False) -> tuple[int, int]:
-    """The signed ``quant_bounds(num_bits, narrow_range=narrow)`` under its older name.
-
-    Kept only for callers that have not moved to :func:`quant_bounds` yet (engine/backends/reference.py,
-    fused_ops.py and onnx_intops.py; tests/test_ibert_modeling.py and test_ibert_fused.py); new code calls quant_bounds.
-    """
-    return quant_bounds(num_bits, narrow_range=narrow)
-
-
 # ---------------------------------------------------------------------------------------------
 # Symmetric quantization
 # ---------------------------------------------------------------------------------------------

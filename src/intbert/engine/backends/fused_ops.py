@@ -36,7 +36,7 @@ def bias_gelu_requant2_i8(acc, bias, gb, gc, gone, m1, e1, m2, e2, bits1: int, i
 
 def _residual(a, b, ma, ea, ina: int, mb, eb, inb: int, bits: int):
     total = intops.rescale(a.long(), ma, ea, ina) + intops.rescale(b.long(), mb, eb, inb)
-    return total.clamp(*intops.qrange(bits))
+    return total.clamp(*intops.quant_bounds(bits))
 
 
 @fused.twin
