@@ -321,6 +321,7 @@ def test_predict_fill_mask_and_embeddings(models, data, tmp_path, capsys):
     assert code == 0 and len(result["embedding"]) == TINY["hidden_size"]
 
 
+@pytest.mark.slow
 def test_export_writes_onnx_that_matches_pytorch(qdq_export):
     path, out = qdq_export
     assert path.is_file() and "int8 kernels in onnxruntime" in out and "QuantizeLinear" in out
@@ -328,6 +329,7 @@ def test_export_writes_onnx_that_matches_pytorch(qdq_export):
     assert diff < 1e-3  # float32 kernels in another order; a misplaced Q/DQ moves the logits by ~1e-2
 
 
+@pytest.mark.slow
 def test_bench_times_float_quantized_and_exported(qdq_dir, qdq_export, tmp_path, capsys):
     out_dir = tmp_path / "bench"
     code, out, _ = cli("bench", qdq_dir, "--batch-sizes", "1,2", "--seq-len", "8", "--warmup", "0", "--iters", "1",
@@ -396,6 +398,7 @@ def test_qat_by_distillation_from_the_float_classifier(models, data, tmp_path, c
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_demo_pipeline_reduced_runs_end_to_end_and_reuses_its_fine_tune(models, tmp_path, capsys):
     pytest.importorskip("accelerate", reason="Trainer needs accelerate (the demo extra)")
     settings = DemoSettings.reduced(tmp_path / "cache", base=models["base-1layer"], onnx=False)

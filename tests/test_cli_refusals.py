@@ -168,6 +168,7 @@ def test_export_refuses_to_overwrite_a_file_without_overwrite(qdq, tmp_path, cap
     assert target.read_bytes() == b"an older export"
 
 
+@pytest.mark.slow
 def test_export_overwrite_replaces_only_after_the_check_passes(qdq, tmp_path, capsys, monkeypatch):
     pytest.importorskip("onnxruntime", reason="the onnx extra is installed by scripts/install.sh")
     from intbert.cli import deploy

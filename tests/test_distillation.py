@@ -32,6 +32,7 @@ def _error(model, teacher, batches):
                           ** 2).mean()) for x in batches)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["qdqbert", "ibert"])
 def test_distillation_brings_the_student_closer_to_the_teacher(family):
     if family == "qdqbert":

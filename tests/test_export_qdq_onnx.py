@@ -120,6 +120,7 @@ def test_every_head_exports_qdq_pairs_that_run_as_int8_kernels_and_agree(tmp_pat
     assert [o.name for o in ort.InferenceSession(str(result.path)).get_outputs()] == list(result.outputs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls,config,choices", [HEADS[0], HEADS[5]], ids=lambda c: getattr(c, "__name__", ""))
 def test_default_dynamo_exporter_keeps_every_qdq_node(tmp_path, cls, config, choices):
     """torch.onnx.export's default (dynamo) exporter ignores autograd symbolic(); the custom-op translations survive.

@@ -45,6 +45,7 @@ def test_inputs_are_large_enough_to_take_the_compiled_path():
     assert 8 * (N // 8) >= fused.MIN_NUMEL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("input_bits,lo,hi", [(31, -(2**30), 2**30), (47, -(2**46), 2**46)])
 @pytest.mark.parametrize("channels", [1, 64])
 @pytest.mark.parametrize("num_bits", [8, 22, 32])
@@ -58,6 +59,7 @@ def test_rescale_and_clamp_equal_requantize(input_bits, lo, hi, channels, num_bi
     assert torch.equal(got, I.requantize(q.long(), m, e, num_bits, input_bits))
 
 
+@pytest.mark.slow
 def test_int_gelu_twin():
     q = torch.randint(-(2**26), 2**26, (N // 64, 64), generator=gen(1)).int()
     b, c, one, _ = I.gelu_constants(torch.rand(64, generator=gen(2)) * 1e-4 + 1e-5)
@@ -66,6 +68,7 @@ def test_int_gelu_twin():
     assert torch.equal(got, I.int_gelu(q, b, c, one))
 
 
+@pytest.mark.slow
 def test_int_softmax_twin_with_padding_mask():
     q = torch.randint(-(2**18), 2**18, (4, 4, 64, 64), generator=gen(4)).int()
     mask = torch.ones(4, 1, 1, 64, dtype=torch.bool)
@@ -77,6 +80,7 @@ def test_int_softmax_twin_with_padding_mask():
     assert torch.equal(got, I.int_softmax(q, mask, consts, 8))
 
 
+@pytest.mark.slow
 def test_int_layernorm_twin():
     q = torch.randint(-(2**21), 2**21, (N // 64, 64), generator=gen(5)).int()
     sign, bias, _ = I.layernorm_constants(torch.randn(64, generator=gen(6)), torch.randn(64, generator=gen(7)), 64)

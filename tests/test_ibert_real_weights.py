@@ -50,6 +50,7 @@ def test_converted_minilm_in_float_equals_bert_on_non_pad_tokens(tokenizer, floa
     torch.testing.assert_close(got.pooler_output, expected.pooler_output, rtol=0, atol=PARITY_ATOL)
 
 
+@pytest.mark.slow
 def test_calibrated_quant_minilm_keeps_sentence_embeddings_close_to_float(tokenizer, float_bert):
     """Calibrate on the first 256 snippets, embed 500 others (offset 256); mean cosine to float >= 0.97."""
     evaluation = batches(tokenizer, N_EVAL, N_CALIB)

@@ -123,6 +123,7 @@ def test_max_calibration_matches_an_independent_max_of_the_float_activations(tok
 # Known shortfall (issue 4 stays open): MiniLM's outlier channel 99 reaches |x| = 196 at the residual-add quantizers
 # while 99% of values are < 1, so no per-tensor int8 placement of the reference reaches 0.99 (best: mse, 0.869);
 # see benchmarks/RESULTS.md. strict: the test reports when a change makes it pass.
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="per-tensor int8 residual adds cannot hold MiniLM's outlier channel (0.869 < 0.99)")
 def test_best_calibration_keeps_sentence_embeddings_close_to_float(tokenizer, float_bert):
     """Calibrate on 256 snippets, embed other snippets; the best of the four methods must reach mean cosine 0.99.

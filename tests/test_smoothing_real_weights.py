@@ -65,6 +65,7 @@ def test_smoothing_minilm_leaves_float_outputs_unchanged(family, tokenizer, floa
         torch.testing.assert_close(g[keep], e[keep], rtol=0, atol=PARITY_ATOL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family,recipe", list(MEASURED), ids=lambda v: v)
 def test_recipe_keeps_minilm_sentence_embeddings_close_to_float(family, recipe, float_bert, data):
     calib, evaluation = data
