@@ -48,8 +48,7 @@ def verify_ibert_onnx(model: nn.Module, graph: LoadedGraph, batches: Iterable) -
                 reference = {INT8_OUTPUT: q, "last_hidden_state": q.to(torch.float32) * scale}
                 with frozen.encoder.padded():  # per-token outputs at padded positions too, as the graph's
                     out = model(**{k: v.to(frozen.device) for k, v in inputs.items()}, return_dict=True)
-                got = graph.run({k: v.cpu().numpy().astype(np.int64) for k, v in inputs.items()})
-                for name, value in zip(output_names, got):
+                for name, value in zip(output_names, graph.run_inputs(inputs)):
                     want = (reference[name] if name in reference else getattr(out, name)).detach().cpu().numpy()
                     tally.add(name, value, want)
                     if name == INT8_OUTPUT:
@@ -58,13 +57,4 @@ def verify_ibert_onnx(model: nn.Module, graph: LoadedGraph, batches: Iterable) -
     finally:
         model.train(was_training)
     # The int8 output is reported apart (int8_hidden_equal): its unit is one quantization step, not a float value.
-    return VerifyReport(
-        **tally.summary([name for name in output_names if name != INT8_OUTPUT]),
-        int8_kernels=graph.int8_kernels,
-        int8_kernel_counts=graph.int8_kernel_counts,
-        unfused_dequantized_gemms=graph.unfused_dequantized_gemms,
-        target=metadata.get("intbert.target"),
-        metadata=metadata,
-        int8_hidden_equal=int8_equal,
-        runtime=graph.runtime,
-    )  # fmt: skip
+    return graph.report(tally, [name for name in output_names if name != INT8_OUTPUT], int8_hidden_equal=int8_equal)

@@ -100,3 +100,16 @@ class LoadedGraph:
     unfused_dequantized_gemms: int
     runtime: str = "onnxruntime"
     path: str = ""
+
+    def run_inputs(self, inputs: dict) -> list[np.ndarray]:
+        """``run`` on a batch of torch tensors (the graph's inputs are int64)."""
+        return self.run({k: v.cpu().numpy().astype(np.int64) for k, v in inputs.items()})
+
+    def report(self, tally: DiffTally, overall: list[str], **fields) -> VerifyReport:
+        """The report of a comparison: ``tally``'s differences (``overall`` as in ``DiffTally.summary``), this
+        graph's int8 kernels, target and metadata, and a verifier's own ``fields``."""
+        return VerifyReport(**tally.summary(overall), int8_kernels=self.int8_kernels,
+                            int8_kernel_counts=self.int8_kernel_counts,
+                            unfused_dequantized_gemms=self.unfused_dequantized_gemms,
+                            target=self.metadata.get("intbert.target"), metadata=self.metadata, runtime=self.runtime,
+                            **fields)

@@ -160,22 +160,12 @@ def verify_qdq_onnx(model: nn.Module, graph: LoadedGraph, batches: Iterable) -> 
                 inputs = as_inputs(batch, graph.input_names, model.config)
                 device = next(model.parameters()).device
                 expected = model(**{k: v.to(device) for k, v in inputs.items()}, return_dict=True)
-                got = graph.run({k: v.cpu().numpy().astype(np.int64) for k, v in inputs.items()})
-                for name, value in zip(graph.output_names, got):
+                for name, value in zip(graph.output_names, graph.run_inputs(inputs)):
                     tally.add(name, value, getattr(expected, name).detach().cpu().double().numpy())
                 tally.batches += 1
     finally:
         model.train(was_training)
-    return VerifyReport(
-        **tally.summary(graph.output_names),
-        int8_kernels=graph.int8_kernels,
-        int8_kernel_counts=graph.int8_kernel_counts,
-        unfused_dequantized_gemms=graph.unfused_dequantized_gemms,
-        target=metadata.get("intbert.target"),
-        reduce_range=reduce_range,
-        metadata=metadata,
-        runtime=graph.runtime,
-    )
+    return graph.report(tally, graph.output_names, reduce_range=reduce_range)
 
 
 @dataclass(frozen=True)
