@@ -31,10 +31,8 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from .calibration import calibrate
-from .models.ibert.modeling_ibert import IBertPreTrainedModel
 from .models.qdqbert.helpers import clip_gelu
-from .models.qdqbert.modeling_qdqbert import QDQBertPreTrainedModel
-from .models.smoothing import smooth
+from .models.smoothing import model_family, smooth
 from .quantization.workflow import disable_quantizers
 
 __all__ = ["DEFAULT_RECIPES", "RECIPES", "Recipe", "apply_recipe", "get_recipe"]
@@ -96,14 +94,6 @@ RECIPES: dict[tuple[str, str], Recipe] = {
 DEFAULT_RECIPES = {"qdqbert": "smooth-float-skip", "ibert": "smooth"}
 
 
-def _family(model: nn.Module) -> str:
-    if isinstance(model, QDQBertPreTrainedModel):
-        return "qdqbert"
-    if isinstance(model, IBertPreTrainedModel):
-        return "ibert"
-    raise TypeError(f"apply_recipe takes an intbert QDQBERT or I-BERT model, got {type(model).__name__}")
-
-
 def get_recipe(family: str, name: str | None = None) -> Recipe:
     """The recipe ``name`` of ``family`` (None: the family's default); a KeyError lists the names there are."""
     name = DEFAULT_RECIPES.get(family) if name is None else name
@@ -135,7 +125,7 @@ def apply_recipe(
     record for the quantization report: the recipe, the method used (None when not calibrated here) and, when it
     smoothed, ``intbert.smooth``'s record (alpha and error per site).
     """
-    family = _family(model)
+    family = model_family(model, "apply_recipe")
     chosen = recipe if isinstance(recipe, Recipe) else get_recipe(family, recipe)
     if chosen.family != family:
         raise ValueError(f"recipe {chosen.name!r} is for {chosen.family}, the model is {family}")

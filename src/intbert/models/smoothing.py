@@ -59,7 +59,7 @@ from .ibert.modeling_ibert import IBertPreTrainedModel
 from .ibert.quant_modules import QuantAct
 from .qdqbert.modeling_qdqbert import QDQBertPreTrainedModel
 
-__all__ = ["SmoothingReport", "smooth", "smoothing_record"]
+__all__ = ["SmoothingReport", "model_family", "smooth", "smoothing_record"]
 
 #: Version of the record stored in ``config.smoothing`` (and the report): bump when its fields change meaning.
 RECORD_VERSION = 1
@@ -117,12 +117,13 @@ class _Site:
     skips: list[ChannelStats]
 
 
-def _family(model: nn.Module) -> str:
+def model_family(model: nn.Module, caller: str = "smooth") -> str:
+    """"qdqbert" or "ibert"; any other model is a TypeError naming ``caller`` (``smooth``, ``apply_recipe``)."""
     if isinstance(model, QDQBertPreTrainedModel):
         return "qdqbert"
     if isinstance(model, IBertPreTrainedModel):
         return "ibert"
-    raise TypeError(f"smooth takes an intbert QDQBERT or I-BERT model, got {type(model).__name__}")
+    raise TypeError(f"{caller} takes an intbert QDQBERT or I-BERT model, got {type(model).__name__}")
 
 
 def _qdq_active(q: TensorQuantizer) -> bool:
@@ -306,7 +307,7 @@ def smooth(
 
     Raises ValueError for a calibrated or already smoothed model, and TypeError for another kind of model.
     """
-    family = _family(model)
+    family = model_family(model)
     base = model.base_model
     _check_smoothable(model, base, family)
     if alpha is not None and not 0.0 <= alpha <= 1.0:
