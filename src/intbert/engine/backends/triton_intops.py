@@ -113,24 +113,10 @@ def bit_length(n):
     """Bits of int64 n >= 0 (0 for 0), by a binary search on shifts (intops._bit_length)."""
     bl = n * 0
     v = n
-    big = (v >> 32) > 0
-    bl += big.to(tl.int64) * 32
-    v = tl.where(big, v >> 32, v)
-    big = (v >> 16) > 0
-    bl += big.to(tl.int64) * 16
-    v = tl.where(big, v >> 16, v)
-    big = (v >> 8) > 0
-    bl += big.to(tl.int64) * 8
-    v = tl.where(big, v >> 8, v)
-    big = (v >> 4) > 0
-    bl += big.to(tl.int64) * 4
-    v = tl.where(big, v >> 4, v)
-    big = (v >> 2) > 0
-    bl += big.to(tl.int64) * 2
-    v = tl.where(big, v >> 2, v)
-    big = (v >> 1) > 0
-    bl += big.to(tl.int64) * 1
-    v = tl.where(big, v >> 1, v)
+    for i in tl.static_range(6):  # unrolled: shifts 32, 16, 8, 4, 2, 1
+        big = (v >> (32 >> i)) > 0
+        bl += big.to(tl.int64) * (32 >> i)
+        v = tl.where(big, v >> (32 >> i), v)
     return bl + (v > 0).to(tl.int64)
 
 
