@@ -276,8 +276,8 @@ def add_parser(commands) -> None:
     p = commands.add_parser(
         "demo", help="fine-tune all-MiniLM-L6-v2 for sentiment, quantize it both ways, compare with FP32 (offline)",
         description="The main job, offline: fine-tune all-MiniLM-L6-v2 briefly on Rotten Tomatoes snippets for "
-                    "sentiment, quantize it as I-BERT (integer engine) and QDQBERT (ONNX), each by its most accurate recipe, "
-                    "and print accuracy, agreement, size and latency against FP32. The fine-tuned model is cached.")
+                    "sentiment, quantize it as I-BERT (integer engine) and QDQBERT (ONNX), each by its most accurate "
+                    "recipe, and print accuracy, agreement, size and latency against FP32. The fine-tuned model is cached.")
     p.add_argument("--cache-dir", metavar="DIR", help="where models and results go (default: $INTBERT_CACHE, else "
                    "~/.cache/intbert/demo)")
     add_seed_option(p, "seed of the split, the fine-tune and the new head")

@@ -99,11 +99,12 @@ def run(args: argparse.Namespace) -> int:
     calib = make_batches(tokenizer, train.texts[: args.calib_examples], args.batch_size, max_length).batches
     ptq_done = ptq.quantize(model, args.scheme, args.recipe, args.method, calib, progress)
     reference = load_float(ckpt) if ckpt.head == HEAD else None
+    lr = args.lr or (DISTILL_LR if args.distill else TRAIN_LR)
     if args.distill:
-        trained = distill_classifier(model, ckpt, reference, tokenizer, train.texts, labels, args, max_length,
+        trained = distill_classifier(model, ckpt, reference, tokenizer, train.texts, labels, args, lr, max_length,
                                      progress)
     else:
-        settings = TrainSettings(epochs=args.epochs, lr=args.lr or TRAIN_LR, batch_size=args.batch_size, max_length=max_length,
+        settings = TrainSettings(epochs=args.epochs, lr=lr, batch_size=args.batch_size, max_length=max_length,
                                  max_steps=args.max_steps or -1, seed=args.seed)
         trained = train_classifier(model, tokenizer, train.texts, labels, settings, progress)
         if not trained["main_process"]:
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = evaluate(reference, saved, tokenizer, held, HEAD, batch_size=args.batch_size, max_length=max_length,
                        progress=progress)
     qat = {"train_file": str(train.path.resolve()), "train_examples": len(train), "epochs": args.epochs,
-           "max_steps": args.max_steps, "lr": args.lr or (DISTILL_LR if args.distill else TRAIN_LR), "batch_size": args.batch_size, "seed": args.seed,
+           "max_steps": args.max_steps, "lr": lr, "batch_size": args.batch_size, "seed": args.seed,
            "distill": args.distill, "steps": trained["steps"], "training_loss": trained["training_loss"]}
     calibration = {"file": str(train.path.resolve()), "examples": min(len(train), args.calib_examples),
                    "batch_size": args.batch_size, "max_length": max_length}
@@ -134,8 +135,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def distill_classifier(model, ckpt, teacher, tokenizer, texts: list[str], labels: list[int], args, max_length: int,
-                       progress: bool) -> dict:
+def distill_classifier(model, ckpt, teacher, tokenizer, texts: list[str], labels: list[int], args, lr: float,
+                       max_length: int, progress: bool) -> dict:
     """``intbert.distill`` on the labelled training file, batched like the calibration. With the checkpoint's own
     classifier as ``teacher``, its logits and hidden states are the targets (the labels only shaped it); with a
     new head there is no teacher classifier: the float encoder's hidden states and the labels are."""
@@ -156,7 +157,6 @@ def distill_classifier(model, ckpt, teacher, tokenizer, texts: list[str], labels
     for start, batch in zip(range(0, len(ordered), args.batch_size), data.batches):
         batches.append({**batch, "labels": torch.tensor(ordered[start : start + args.batch_size])})
     epochs = args.epochs if args.max_steps is None else args.max_steps / len(batches)
-    lr = args.lr or DISTILL_LR
     stats = intbert.distill(model, teacher, batches, epochs=epochs, lr=lr, seed=args.seed,
                             label_weight=0.0 if ckpt.head == HEAD else 1.0, progress=progress)
     if not math.isfinite(stats["loss_last"]):
