@@ -22,7 +22,7 @@ from intbert.models.qdqbert import clip_gelu, recompute_amax
 from intbert.quantization.workflow import named_quantizers
 from intbert.recipes import get_recipe
 
-from .arguments import METHODS, RECIPE_FAMILY, check_method, check_recipe
+from .arguments import METHODS, RECIPE_FAMILY
 from .inference import Batches, compare, run_model
 
 
@@ -56,9 +56,8 @@ class HeldOut:
 def quantize(model: nn.Module, scheme: str, recipe: str | None, method: str | None, batches: list[dict],
              progress: bool, percentile: float = 99.99, held_out: HeldOut | None = None) -> Quantized:
     """Quantize a freshly built ``model`` in place by ``recipe`` (None: the scheme's default), calibrating with
-    ``method`` (None: the recipe's; "best": each of the scheme's, scored on ``held_out``)."""
-    check_recipe(scheme, recipe)
-    check_method(scheme, method)
+    ``method`` (None: the recipe's; "best": each of the scheme's, scored on ``held_out``). The commands check both
+    names (``check_recipe``, ``check_method``) before loading anything."""
     chosen = get_recipe(RECIPE_FAMILY[scheme], recipe)
     if method != "best":
         record = intbert.apply_recipe(model, batches, chosen, percentile=percentile, progress=progress,
